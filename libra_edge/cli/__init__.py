@@ -1,0 +1,1 @@
+"""The `libra-edge` command line: one module per subcommand, each with `register()`."""

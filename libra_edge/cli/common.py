@@ -1,0 +1,76 @@
+"""Options shared by the commands that load a model, and how they become `Guard` options."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from libra_edge.errors import LibraError
+
+
+def add_verbose_option(parser: argparse.ArgumentParser) -> None:
+    """`--verbose`: llama.cpp's C logs and Python tracebacks on stderr."""
+    parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="show llama.cpp's own logs and full tracebacks (on stderr)",
+    )
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """`--model` plus the engine options every model-loading command accepts."""
+    group = parser.add_argument_group("model and hardware")
+    group.add_argument(
+        "-m", "--model", metavar="PATH|NAME",
+        help="GGUF file or installed model name (default: the configured default model, "
+        "else the only installed one; see `libra-edge models`)",
+    )
+    group.add_argument(
+        "--gpu-layers", default="auto", metavar="auto|all|0|N",
+        help="layers to offload to the GPU: auto (all if this build has GPU offload, else 0), "
+        "all, 0 (pure CPU) or a number (default: auto)",
+    )
+    group.add_argument(
+        "--threads", type=int, default=None, metavar="N",
+        help="CPU threads for llama.cpp (default: physical cores)",
+    )
+    group.add_argument(
+        "--ctx", type=int, default=4096, metavar="TOKENS",
+        help="context size in tokens; longer inputs keep their head and tail and are "
+        "marked truncated (default: 4096)",
+    )
+    group.add_argument(
+        "--threshold", type=float, default=0.5, metavar="X",
+        help="flag as unsafe when P(unsafe) >= X, 0..1 (default: 0.5)",
+    )
+    add_verbose_option(parser)
+
+
+def parse_gpu_layers(value: str) -> int | str:
+    """`auto`/`all`/integer from the command line, or a usage error naming the flag."""
+    v = value.strip().lower()
+    if v in ("auto", "all"):
+        return v
+    try:
+        n = int(v)
+    except ValueError:
+        raise LibraError(f"--gpu-layers: expected auto, all or a number, got {value!r}") from None
+    if n < 0:
+        raise LibraError(f"--gpu-layers: must be >= 0, got {n}")
+    return n
+
+
+def guard_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for `Guard.load` from the shared options."""
+    if not 0.0 <= args.threshold <= 1.0:
+        raise LibraError(f"--threshold: must be between 0 and 1, got {args.threshold}")
+    if args.ctx < 512:
+        raise LibraError(f"--ctx: must be at least 512 tokens, got {args.ctx}")
+    if args.threads is not None and args.threads < 1:
+        raise LibraError(f"--threads: must be at least 1, got {args.threads}")
+    return {
+        "gpu_layers": parse_gpu_layers(args.gpu_layers),
+        "threads": args.threads,
+        "n_ctx": args.ctx,
+        "threshold": args.threshold,
+        "verbose": args.verbose,
+    }

@@ -1,0 +1,66 @@
+"""User-facing errors and the process exit codes the CLI maps them to."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Exit status of every `libra-edge` command."""
+
+    OK = 0
+    """Success. For `check`: the response was judged safe (安全)."""
+    FLAGGED = 1
+    """`check` only: the response was judged unsafe (不安全). Lets shell scripts gate on it."""
+    USAGE = 2
+    """Bad command line: unknown option, missing argument, conflicting flags."""
+    MODEL = 3
+    """No usable model: missing, not a GGUF, truncated, unsupported, or none installed."""
+    INPUT = 4
+    """Bad input data: unreadable file, malformed record, missing field (with file:line)."""
+    NETWORK = 5
+    """A download (`models pull`) failed: hub unreachable, offline mode, HTTP error."""
+    CONVERSION = 6
+    """A checkpoint could not be converted to GGUF."""
+    INTERNAL = 70
+    """A bug in libra-edge: please report it with the `--verbose` output."""
+    INTERRUPTED = 130
+    """Stopped by Ctrl-C; finished work is kept (batch runs resume with --resume)."""
+
+
+class LibraError(Exception):
+    """An error caused by the user's input or environment, shown as one line (no traceback)."""
+
+    exit_code: ExitCode = ExitCode.USAGE
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} ({self.hint})"
+
+
+class ModelError(LibraError):
+    """The model file is missing, unreadable, not a GGUF, truncated or unsupported."""
+
+    exit_code = ExitCode.MODEL
+
+
+class InputError(LibraError):
+    """An input file or record is malformed; the message names file, line and field."""
+
+    exit_code = ExitCode.INPUT
+
+
+class NetworkError(LibraError):
+    """A download could not be completed."""
+
+    exit_code = ExitCode.NETWORK
+
+
+class ConversionError(LibraError):
+    """A Hugging Face checkpoint could not be converted."""
+
+    exit_code = ExitCode.CONVERSION
