@@ -1,16 +1,63 @@
-"""`libra-edge bench` (being built: see the issue tracker)."""
+"""`libra-edge bench`: speed figures for a model on this machine."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from dataclasses import asdict
 
+from libra_edge.cli.common import add_model_options, guard_options
 from libra_edge.errors import LibraError
+
+EPILOG = """\
+examples:
+  libra-edge bench --model guard-q4_k_m.gguf
+  libra-edge bench --model guard.gguf --threads 4 --pairs 16 --json
+
+Prints prefill and decode tokens/s, seconds per check (fast and full), peak memory, and
+the same prompt through a bare llama.cpp loop, so the wrapper's overhead shows as a ratio.
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="(not built yet)")
+    p = sub.add_parser(
+        "bench",
+        help="measure checks/s and tokens/s for a model",
+        description="Benchmark a model on a fixed set of Libra-style pairs.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--pairs", type=int, default=8, metavar="N", help="fast checks to time (default: 8)")
+    p.add_argument("--full-pairs", type=int, default=3, metavar="N", help="full checks to time (default: 3)")
+    p.add_argument("--max-tokens", type=int, default=256, metavar="N", help="longest analysis (default: 256)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_model_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise LibraError("'bench' is not built yet")
+    from libra_edge.bench import run_bench
+
+    if args.pairs < 1 or args.full_pairs < 1:
+        raise LibraError("--pairs and --full-pairs must be at least 1")
+    report = run_bench(
+        args.model,
+        pairs=args.pairs,
+        full_pairs=args.full_pairs,
+        progress=lambda msg: print(f"... {msg}", file=sys.stderr, flush=True),
+        max_new_tokens=args.max_tokens,
+        **guard_options(args),
+    )
+    if args.json:
+        out = asdict(report) | {"prefill_overhead": report.prefill_overhead, "decode_overhead": report.decode_overhead}
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"model            {report.model} ({report.quant}), {report.threads} threads")
+    print(f"load             {report.load_s:.2f} s")
+    print(f"prefill          {report.prefill_tok_s:8.1f} tok/s   (bare llama.cpp {report.bare_prefill_tok_s:.1f}; ratio {report.prefill_overhead:.2f})")
+    print(f"decode           {report.decode_tok_s:8.1f} tok/s   (bare llama.cpp {report.bare_decode_tok_s:.1f}; ratio {report.decode_overhead:.2f})")
+    print(f"fast check       {report.fast_s_per_check:8.3f} s      ({report.fast_checks_per_s:.2f} checks/s)")
+    print(f"full check       {report.full_s_per_check:8.3f} s")
+    print(f"peak RSS         {report.peak_rss_mb:8.0f} MiB")
+    return 0

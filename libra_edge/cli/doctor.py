@@ -1,16 +1,76 @@
-"""`libra-edge doctor` (being built: see the issue tracker)."""
+"""`libra-edge doctor`: what this installation can do, where its data lives, and a smoke test."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import asdict
 
+from libra_edge.cli.common import add_model_options, guard_options
 from libra_edge.errors import LibraError
+
+EPILOG = """\
+examples:
+  libra-edge doctor                     build, CPU, folders, and a smoke test of the default model
+  libra-edge doctor --model guard.gguf  smoke-test a particular file
+  libra-edge doctor --no-smoke --json   facts only, as JSON
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("doctor", help="(not built yet)")
+    p = sub.add_parser(
+        "doctor",
+        help="show what this build can do and smoke-test the model",
+        description="Report the llama.cpp build (version, GPU offload, CPU features), where models "
+        "and data live, and run the selected model on two built-in pairs.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--no-smoke", action="store_true", help="skip loading the model")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_model_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise LibraError("'doctor' is not built yet")
+    from libra_edge.diagnostics import build_report, data_report, smoke_test
+
+    build = build_report()
+    data = data_report()
+    smoke: dict[str, object] = {"ran": False}
+    if not args.no_smoke:
+        try:
+            info, results = smoke_test(args.model, **guard_options(args))
+        except LibraError as exc:
+            smoke = {"ran": False, "error": str(exc)}
+        else:
+            smoke = {
+                "ran": True,
+                "model": str(info.path),
+                "architecture": info.architecture,
+                "quant": info.quant,
+                "results": [asdict(r) for r in results],
+            }
+    if args.json:
+        print(json.dumps({"build": asdict(build), "data": data, "smoke": smoke}, ensure_ascii=False, indent=2))
+        return 0
+    print(f"libra-edge {build.libra_edge_version}, llama-cpp-python {build.llama_cpp_python_version}")
+    print(f"GPU offload compiled: {'yes' if build.gpu_offload else 'no (CPU only)'}")
+    print(f"CPU: {build.cpu_model}; features: {' '.join(build.cpu_flags) or 'unknown'}")
+    print(f"llama.cpp: {build.system_info}")
+    for warning in build.warnings:
+        print(f"WARNING: {warning}")
+    print(f"data folder: {data['home']}  (set LIBRA_EDGE_HOME to move it)")
+    print(f"  models:   {data['models_dir']} ({len(data['models'])} installed"
+          + (f", default {data['default_model']}" if data["default_model"] else "") + ")")
+    print(f"  database: {data['database']}")
+    print(f"  config:   {data['config']}")
+    if not smoke["ran"]:
+        print("smoke test: " + (f"not run: {smoke['error']}" if "error" in smoke else "skipped"))
+        return 0
+    print(f"smoke test of {smoke['model']} ({smoke['architecture']}, {smoke['quant']}):")
+    for r in smoke["results"]:  # type: ignore[attr-defined]
+        ok = "parsed" if r["parsed"] else "UNPARSABLE"
+        print(f"  expected {r['expected']:<4} got {r['label']:<4} score {r['score']:.3f}  "
+              f"{r['seconds']:.2f} s  {ok}  {r['question']}")
+    return 0
