@@ -17,7 +17,7 @@ from . import llama_logs
 from .chat import ChatTemplate
 from .decoding import Decoder, JsonStringStream
 from .errors import LibraError, ModelError
-from .grammar import AT_ANALYSIS, AT_VERDICT, PAST_VERDICT_QUOTE, close_json, label_first_tokens
+from .grammar import ANALYSIS_OPENED, AT_VERDICT, PAST_VERDICT_QUOTE, close_json, label_first_tokens
 from .models.ggufinfo import GGUFInfo, read_model_info
 from .prompt import PROMPT_TEMPLATE_VERSION, SAFE, UNSAFE, build_user_message
 
@@ -27,9 +27,9 @@ GpuLayers = int | str
 TRUNCATION_MARK = "\n……\n"
 # Tokens kept free besides the analysis: the JSON frame and the verdict.
 _FRAME_TOKENS = 48
-# Pre-verdict text (`{\n  "答案": "`) never needs more tokens than this; the grammar
-# bounds whitespace, so a longer run means something is wrong with the model.
-_MAX_OPENING_TOKENS = 40
+# The JSON frame before the verdict or the analysis never needs more tokens than this:
+# the grammar bounds each whitespace run to 8 characters.
+_MAX_FRAME_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -301,7 +301,7 @@ class Guard:
             draft=self._opening_draft,
             done=lambda text: AT_VERDICT.search(text) is not None,
             reject=lambda text: PAST_VERDICT_QUOTE.search(text) is not None,
-            limit=_MAX_OPENING_TOKENS,
+            limit=_MAX_FRAME_TOKENS,
         )
         self._opening_draft = gen.tokens[:]
         t_prefill = gen.prefill_s
@@ -328,9 +328,9 @@ class Guard:
         logits = gen.advance(
             pending=forced,
             draft=self._middle_draft,
-            done=lambda text: AT_ANALYSIS.search(text) is not None,
+            done=lambda text: ANALYSIS_OPENED.search(text) is not None,
             reject=None,
-            limit=_MAX_OPENING_TOKENS,
+            limit=_MAX_FRAME_TOKENS,
         )
         self._middle_draft = gen.tokens[mark + len(forced) :]
         stream = JsonStringStream(on_text)

@@ -23,8 +23,8 @@ ws      ::= [ \t\n]{0,8}
 AT_VERDICT = re.compile(r'\{[ \t\n]*"答案"[ \t\n]*:[ \t\n]*"\Z')
 # Generated text that already ran past the verdict's opening quote.
 PAST_VERDICT_QUOTE = re.compile(r'\{[ \t\n]*"答案"[ \t\n]*:[ \t\n]*".')
-# Text between the verdict's closing quote and the analysis value's opening quote.
-AT_ANALYSIS = re.compile(r'"[ \t\n]*,[ \t\n]*"分析"[ \t\n]*:[ \t\n]*"\Z')
+# The analysis key and the opening quote of its value (a token may run on into the value).
+ANALYSIS_OPENED = re.compile(r'"分析"[ \t\n]*:[ \t\n]*"')
 _AFTER_LABEL = re.compile(r"[ \t\n]*(,[ \t\n]*)?")
 
 
