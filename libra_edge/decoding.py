@@ -17,27 +17,35 @@ _NEG_INF = float("-inf")
 
 
 class Decoder:
-    """Owns the batch, the grammar sampler and the record of what is in the KV cache."""
+    """Owns the batch, one grammar sampler per sequence and the record of the KV cache.
 
-    def __init__(self, llama: Any) -> None:
+    Sequence 0 carries the last check's prompt, whose prefix (the instruction header)
+    other sequences copy; sequences 1..n_seq-1 serve parallel analyses.
+    """
+
+    def __init__(self, model: Any, ctx: Any, *, n_batch: int, n_ctx: int, n_seq: int = 1) -> None:
         import llama_cpp
 
         self._lc = llama_cpp
-        self._llama = llama
-        self._ctx = llama._ctx.ctx
-        self._vocab = llama._model.vocab
-        self.n_vocab: int = llama._model.n_vocab()
-        self.n_batch: int = llama.n_batch
-        self.n_ctx: int = llama.n_ctx()
+        self._model = model
+        self._ctx = ctx.ctx
+        self._vocab = model.vocab
+        self.n_vocab: int = model.n_vocab()
+        self.n_batch = n_batch
+        self.n_ctx = n_ctx
+        self.n_seq = n_seq
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
-        self._grammar = llama_cpp.llama_sampler_init_grammar(
-            self._vocab, VERDICT_GRAMMAR.encode("utf-8"), b"root"
-        )
-        if not self._grammar:
+        self._grammars = [
+            llama_cpp.llama_sampler_init_grammar(self._vocab, VERDICT_GRAMMAR.encode("utf-8"), b"root")
+            for _ in range(n_seq)
+        ]
+        if not all(self._grammars):
             raise RuntimeError("llama.cpp rejected the verdict grammar")
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
-        self.kv_tokens: list[int] = []  # tokens whose KV state sits in sequence 0, in order
+        # Tokens whose KV state sits in each sequence, in position order.
+        self.kv: list[list[int]] = [[] for _ in range(n_seq)]
+        self._shared = [0] * n_seq  # leading cells a sequence shares with sequence 0
         # Reused arrays for the grammar: the whole vocabulary, and a single candidate.
         self._all = np.zeros(self.n_vocab, dtype=np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True))
         self._all["id"] = np.arange(self.n_vocab, dtype=np.intc)
@@ -51,9 +59,9 @@ class Decoder:
 
     def close(self) -> None:
         """Free the C objects this decoder allocated."""
-        if self._grammar:
-            self._lc.llama_sampler_free(self._grammar)
-            self._grammar = None
+        for g in self._grammars:
+            self._lc.llama_sampler_free(g)
+        self._grammars = []
         if self._batch is not None:
             self._lc.llama_batch_free(self._batch)
             self._batch = None
@@ -63,11 +71,11 @@ class Decoder:
         """Token ids of `text`; `special` lets control-token text become control tokens."""
         if not text and not add_bos:
             return []
-        return list(self._llama._model.tokenize(text.encode("utf-8"), add_bos, special))
+        return list(self._model.tokenize(text.encode("utf-8"), add_bos, special))
 
     def detokenize(self, tokens: list[int]) -> str:
         """Text of `tokens`; a character cut in half at either end is dropped."""
-        raw = self._llama._model.detokenize(tokens, special=False)
+        raw = self._model.detokenize(tokens, special=False)
         return raw.decode("utf-8", errors="ignore")
 
     def piece(self, token: int) -> bytes:
@@ -101,83 +109,122 @@ class Decoder:
         return bool(self._lc.llama_vocab_is_eog(self._vocab, token))
 
     # ------------------------------------------------------------------ KV state
-    def start(self, prompt: list[int]) -> Generation:
-        """Begin a generation after `prompt`, keeping the KV state of the common prefix."""
+    @property
+    def kv_tokens(self) -> list[int]:
+        """Tokens in sequence 0's KV state."""
+        return self.kv[0]
+
+    def start(self, prompt: list[int], seq: int = 0) -> Generation:
+        """Begin a generation after `prompt` in `seq`, keeping the common prefix's KV state.
+
+        Sequence 0 keeps what it shares with its previous prompt; another sequence is
+        cleared and takes the prefix it shares with sequence 0 (the instruction header)
+        by reference, without evaluating it again.
+        """
+        source = self.kv[0]
+        if seq != 0:
+            self._seq_rm(seq, 0)
+            self.kv[seq] = []
+            self._shared[seq] = 0
         keep = 0
-        limit = min(len(prompt) - 1, len(self.kv_tokens))  # re-run >= 1 token for logits
-        while keep < limit and self.kv_tokens[keep] == prompt[keep]:
+        limit = min(len(prompt) - 1, len(source))  # re-run >= 1 token for logits
+        while keep < limit and source[keep] == prompt[keep]:
             keep += 1
-        self.truncate(keep)
-        self._lc.llama_sampler_reset(self._grammar)
-        return Generation(self, prompt[keep:], reused=keep)
+        if seq == 0:
+            self.truncate(keep)
+        elif keep:
+            self._lc.llama_memory_seq_cp(self._lc.llama_get_memory(self._ctx), 0, seq, 0, keep)
+            self.kv[seq] = source[:keep]
+            self._shared[seq] = keep
+        self._lc.llama_sampler_reset(self._grammars[seq])
+        return Generation(self, prompt[keep:], reused=keep, seq=seq)
 
-    def truncate(self, n: int) -> None:
-        """Forget KV state from position `n` on."""
-        if n < len(self.kv_tokens):
-            mem = self._lc.llama_get_memory(self._ctx)
-            self._lc.llama_memory_seq_rm(mem, 0, n, -1)
-            del self.kv_tokens[n:]
+    def _seq_rm(self, seq: int, start: int) -> None:
+        self._lc.llama_memory_seq_rm(self._lc.llama_get_memory(self._ctx), seq, start, -1)
 
-    def decode(self, tokens: list[int], logits_from: int) -> list[np.ndarray]:
-        """Evaluate `tokens` after the KV state; logits (copies) for tokens[logits_from:]."""
-        if len(self.kv_tokens) + len(tokens) > self.n_ctx:
-            raise RuntimeError(f"context overflow: {len(self.kv_tokens) + len(tokens)} > {self.n_ctx} tokens")
+    def truncate(self, n: int, seq: int = 0) -> None:
+        """Forget `seq`'s KV state from position `n` on."""
+        if n < len(self.kv[seq]):
+            self._seq_rm(seq, n)
+            del self.kv[seq][n:]
+
+    def used_cells(self) -> int:
+        """KV cells in use (a prefix shared between sequences counts once)."""
+        return len(self.kv[0]) + sum(len(k) - n for k, n in zip(self.kv[1:], self._shared[1:]))
+
+    def decode(self, tokens: list[int], logits_from: int, seq: int = 0) -> list[np.ndarray]:
+        """Evaluate `tokens` after `seq`'s KV state; logits (copies) for tokens[logits_from:]."""
+        if self.used_cells() + len(tokens) > self.n_ctx:
+            raise RuntimeError(f"context overflow: {self.used_cells() + len(tokens)} > {self.n_ctx} tokens")
         rows: list[np.ndarray] = []
-        batch = self._batch
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start : start + self.n_batch]
-            n_past = len(self.kv_tokens)
-            wanted = []
-            for i, tok in enumerate(chunk):
-                batch.token[i] = tok
-                batch.pos[i] = n_past + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                want = start + i >= logits_from
-                batch.logits[i] = want
-                if want:
-                    wanted.append(i)
-            batch.n_tokens = len(chunk)
-            rc = self._lc.llama_decode(self._ctx, batch)
-            if rc != 0:
-                raise RuntimeError(f"llama_decode failed with code {rc}")
-            self.kv_tokens.extend(chunk)
-            for i in wanted:
-                ptr = self._lc.llama_get_logits_ith(self._ctx, i)
-                rows.append(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy())
+            n_past = len(self.kv[seq])
+            entries = [(seq, tok, n_past + i, start + i >= logits_from) for i, tok in enumerate(chunk)]
+            rows.extend(self._run(entries))
+            self.kv[seq].extend(chunk)
         return rows
 
+    def decode_each(self, steps: list[tuple[int, int]]) -> list[np.ndarray]:
+        """One token for each of several sequences, in one batch: [(seq, token)] -> logits."""
+        if self.used_cells() + len(steps) > self.n_ctx:
+            raise RuntimeError(f"context overflow: {self.used_cells() + len(steps)} > {self.n_ctx} tokens")
+        rows = self._run([(seq, tok, len(self.kv[seq]), True) for seq, tok in steps])
+        for seq, tok in steps:
+            self.kv[seq].append(tok)
+        return rows
+
+    def _run(self, entries: list[tuple[int, int, int, bool]]) -> list[np.ndarray]:
+        batch = self._batch
+        wanted = []
+        for i, (seq, tok, pos, want) in enumerate(entries):
+            batch.token[i] = tok
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = want
+            if want:
+                wanted.append(i)
+        batch.n_tokens = len(entries)
+        rc = self._lc.llama_decode(self._ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc}")
+        return [
+            np.ctypeslib.as_array(self._lc.llama_get_logits_ith(self._ctx, i), shape=(self.n_vocab,)).copy()
+            for i in wanted
+        ]
+
     # ------------------------------------------------------------------- grammar
-    def grammar_allows(self, token: int, logit: float) -> bool:
+    def grammar_allows(self, token: int, logit: float, seq: int = 0) -> bool:
         """Whether the grammar, in its current state, admits `token` next."""
         self._one["id"][0] = token
         self._one["logit"][0] = logit
         self._one_arr.size = 1
-        self._lc.llama_sampler_apply(self._grammar, ctypes.byref(self._one_arr))
+        self._lc.llama_sampler_apply(self._grammars[seq], ctypes.byref(self._one_arr))
         return bool(self._one["logit"][0] != _NEG_INF)
 
-    def grammar_mask(self, logits: np.ndarray) -> np.ndarray:
+    def grammar_mask(self, logits: np.ndarray, seq: int = 0) -> np.ndarray:
         """`logits` with every token the grammar forbids set to -inf."""
         self._all["id"] = np.arange(self.n_vocab, dtype=np.intc)
         self._all["logit"] = logits
         self._all_arr.size = self.n_vocab
         self._all_arr.sorted = False
-        self._lc.llama_sampler_apply(self._grammar, ctypes.byref(self._all_arr))
+        self._lc.llama_sampler_apply(self._grammars[seq], ctypes.byref(self._all_arr))
         masked = np.full(self.n_vocab, _NEG_INF, dtype=np.float32)
         n = self._all_arr.size
         masked[self._all["id"][:n]] = self._all["logit"][:n]
         return masked
 
-    def accept(self, token: int) -> None:
-        """Advance the grammar past `token`."""
-        self._lc.llama_sampler_accept(self._grammar, token)
+    def accept(self, token: int, seq: int = 0) -> None:
+        """Advance `seq`'s grammar past `token`."""
+        self._lc.llama_sampler_accept(self._grammars[seq], token)
 
-    def greedy(self, logits: np.ndarray, text: str, reject: Callable[[str], bool] | None) -> int:
+    def greedy(self, logits: np.ndarray, text: str, reject: Callable[[str], bool] | None, seq: int = 0) -> int:
         """The likeliest token the grammar admits (and `reject(text + piece)` does not refuse)."""
         best = int(np.argmax(logits))
-        if self.grammar_allows(best, float(logits[best])) and not self._refused(best, text, reject):
+        if self.grammar_allows(best, float(logits[best]), seq) and not self._refused(best, text, reject):
             return best
-        masked = self.grammar_mask(logits)
+        masked = self.grammar_mask(logits, seq)
         while True:
             best = int(np.argmax(masked))
             if masked[best] == _NEG_INF:
@@ -195,8 +242,9 @@ class Decoder:
 class Generation:
     """One answer being generated: its tokens, its text, and the prompt still to evaluate."""
 
-    def __init__(self, decoder: Decoder, pending_prompt: list[int], *, reused: int) -> None:
+    def __init__(self, decoder: Decoder, pending_prompt: list[int], *, reused: int, seq: int = 0) -> None:
         self._dec = decoder
+        self.seq = seq
         self._pending_prompt = pending_prompt
         self.reused = reused
         self.tokens: list[int] = []
@@ -215,7 +263,7 @@ class Generation:
     def force(self, tokens: list[int]) -> None:
         """Append tokens chosen by the caller (the grammar must admit them)."""
         for tok in tokens:
-            self._dec.accept(tok)
+            self._dec.accept(tok, self.seq)
             self._take(tok)
 
     def advance(
@@ -238,7 +286,8 @@ class Generation:
         pending = self._pending_prompt + pending
         self._pending_prompt = []
         t0 = time.perf_counter()
-        rows = dec.decode(pending + draft, logits_from=len(pending) - 1)
+        seq = self.seq
+        rows = dec.decode(pending + draft, logits_from=len(pending) - 1, seq=seq)
         if not self.prefill_s:
             self.prefill_s = time.perf_counter() - t0
         logits = rows[0]
@@ -248,39 +297,57 @@ class Generation:
             steps += 1
             if steps > limit:
                 raise RuntimeError(f"no JSON frame after {limit} tokens: {self.text!r}")
-            tok = dec.greedy(logits, self.text, reject)
-            dec.accept(tok)
+            tok = dec.greedy(logits, self.text, reject, seq)
+            dec.accept(tok, seq)
             self._take(tok)
             if kept is not None and kept < len(draft) and draft[kept] == tok:
                 kept += 1
                 logits = rows[kept]
                 continue
             if kept is not None:  # the guess ended or went wrong: drop the rest of it
-                dec.truncate(len(dec.kv_tokens) - (len(draft) - kept))
+                dec.truncate(len(dec.kv[seq]) - (len(draft) - kept), seq)
                 kept = None
-            logits = dec.decode([tok], logits_from=0)[0]
+            logits = dec.decode([tok], logits_from=0, seq=seq)[0]
         if kept is not None and kept < len(draft):
-            dec.truncate(len(dec.kv_tokens) - (len(draft) - kept))
+            dec.truncate(len(dec.kv[seq]) - (len(draft) - kept), seq)
         return logits
 
-    def finish(self, logits: np.ndarray, max_tokens: int, stream: JsonStringStream) -> str:
-        """Decode the analysis until the JSON object closes, EOG, or `max_tokens`."""
+    def step(self, logits: np.ndarray, stream: JsonStringStream) -> bool:
+        """Choose and take the next analysis token; False once the answer is complete."""
         dec = self._dec
-        for _ in range(max_tokens):
-            tok = dec.greedy(logits, self.text, None)
-            if dec.is_eog(tok):
-                break
-            dec.accept(tok)
-            self._take(tok)
-            stream.feed(self.text)
-            if stream.closed and self.text.endswith("}"):
-                try:
-                    json.loads(self.text)
-                    break
-                except ValueError:
-                    pass
-            logits = dec.decode([tok], logits_from=0)[0]
-        return self.text
+        tok = dec.greedy(logits, self.text, None, self.seq)
+        if dec.is_eog(tok):
+            return False
+        dec.accept(tok, self.seq)
+        self._take(tok)
+        stream.feed(self.text)
+        if stream.closed and self.text.endswith("}"):
+            try:
+                json.loads(self.text)
+                return False
+            except ValueError:
+                pass
+        return True
+
+
+def finish_all(
+    decoder: Decoder, work: list[tuple[Generation, np.ndarray, JsonStringStream]], max_tokens: int
+) -> None:
+    """Decode the analyses of several generations together, one batch per step.
+
+    Each stops at the end of its JSON object, at EOG, or after `max_tokens` tokens.
+    Decoding on a CPU is bound by reading the weights, so a step for four sequences
+    costs little more than a step for one.
+    """
+    logits = {id(g): row for g, row, _ in work}
+    active = list(work)
+    for _ in range(max_tokens):
+        active = [(g, row, s) for g, row, s in active if g.step(logits[id(g)], s)]
+        if not active:
+            return
+        rows = decoder.decode_each([(g.seq, g.tokens[-1]) for g, _, _ in active])
+        for (g, _, _), row in zip(active, rows):
+            logits[id(g)] = row
 
 
 class JsonStringStream:

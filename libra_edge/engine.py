@@ -6,7 +6,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ import numpy as np
 
 from . import llama_logs
 from .chat import ChatTemplate
-from .decoding import Decoder, JsonStringStream
+from .decoding import Decoder, Generation, JsonStringStream, finish_all
 from .errors import LibraError, ModelError
 from .grammar import ANALYSIS_OPENED, AT_VERDICT, PAST_VERDICT_QUOTE, close_json, label_first_tokens
 from .models.ggufinfo import GGUFInfo, read_model_info
@@ -114,6 +114,68 @@ def _gpu_layers(value: GpuLayers) -> int:
     raise LibraError(f"gpu_layers: expected 'auto', 'all' or a number >= 0, got {value!r}")
 
 
+def _open_runtime(
+    path: Path, n_ctx: int, n_batch: int, threads: int, gpu_layers: int, parallel: int, verbose: bool
+) -> _Runtime:
+    """Load the weights and create a context with `parallel` sequences."""
+    import llama_cpp
+    from llama_cpp import _internals
+
+    llama_logs.configure(verbose)
+    llama_cpp.llama_backend_init()
+    mparams = llama_cpp.llama_model_default_params()
+    mparams.n_gpu_layers = gpu_layers
+    cparams = llama_cpp.llama_context_default_params()
+    cparams.n_ctx = n_ctx
+    cparams.n_batch = n_batch
+    cparams.n_ubatch = n_batch
+    cparams.n_threads = threads
+    cparams.n_threads_batch = threads
+    cparams.n_seq_max = parallel
+    cparams.kv_unified = True  # sequences share the header's KV cells
+    cparams.no_perf = True
+    # Flash attention (llama.cpp's "auto" default) changes the arithmetic with the batch
+    # shape: a prompt evaluated whole and one resumed from a kept prefix then disagree.
+    cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    try:
+        with llama_logs.silenced_fds(not verbose):
+            model = _internals.LlamaModel(path_model=str(path), params=mparams, verbose=verbose)
+            try:
+                ctx = _internals.LlamaContext(model=model, params=cparams, verbose=verbose)
+            except BaseException:
+                model.close()
+                raise
+    except (ValueError, RuntimeError) as exc:
+        raise ModelError(f"{path}: llama.cpp could not load this model ({exc})") from None
+    return _Runtime(model, ctx)
+
+
+class _Runtime:
+    """The llama.cpp model and context, freed together (context first)."""
+
+    def __init__(self, model: Any, ctx: Any) -> None:
+        self.model = model
+        self.ctx = ctx
+
+    def close(self) -> None:
+        self.ctx.close()
+        self.model.close()
+
+
+@dataclass
+class _Pending:
+    """A check past its verdict, its analysis (if any) still to generate."""
+
+    gen: Generation
+    prompt: list[int]
+    label: str
+    score: float
+    truncated: bool
+    t0: float
+    logits: np.ndarray | None = None
+    stream: JsonStringStream | None = None
+
+
 class Guard:
     """A loaded Libra-Guard model. Create with `Guard.load(path)`; call `check()`.
 
@@ -123,20 +185,23 @@ class Guard:
     used from a worker thread, but checks never run in parallel on one context.
     """
 
-    def __init__(self, llama: Any, info: GGUFInfo, *, settings: dict[str, Any], verbose: bool) -> None:
-        self._llama = llama
+    def __init__(self, runtime: _Runtime, info: GGUFInfo, *, settings: dict[str, Any], verbose: bool) -> None:
+        self._runtime: _Runtime | None = runtime
         self._verbose = verbose
         self._lock = threading.Lock()
         self.info = info
         self.settings = settings
         self.threshold: float = settings["threshold"]
         self.max_new_tokens: int = settings["max_new_tokens"]
-        self._decoder = Decoder(llama)
-        meta = llama.metadata
+        self.parallel: int = settings["parallel"]
+        model = runtime.model
+        self._decoder = Decoder(
+            model, runtime.ctx, n_batch=settings["n_batch"], n_ctx=settings["n_ctx"], n_seq=self.parallel
+        )
         self._template = ChatTemplate(
-            meta.get("tokenizer.chat_template"),
-            bos_token=self._decoder.special_text(llama._model.token_bos()),
-            eos_token=self._decoder.special_text(llama._model.token_eos()),
+            model.metadata().get("tokenizer.chat_template"),
+            bos_token=self._decoder.special_text(model.token_bos()),
+            eos_token=self._decoder.special_text(model.token_eos()),
         )
         firsts = label_first_tokens(self._decoder.all_pieces())
         if not firsts[SAFE] or not firsts[UNSAFE]:
@@ -157,43 +222,34 @@ class Guard:
         gpu_layers: GpuLayers = "auto",
         threshold: float = 0.5,
         max_new_tokens: int = 256,
+        parallel: int = 1,
         verbose: bool = False,
     ) -> Guard:
         """Load a GGUF model (path, or installed model name) for checking.
 
+        `parallel` > 1 lets `check_many` generate that many analyses at once (one llama.cpp
+        context, one sequence each; the instruction header's KV state is shared).
         Raises `ModelError` with a one-line reason when the file is missing, not a GGUF,
         truncated, or cannot be loaded by llama.cpp.
         """
         if not 0.0 <= threshold <= 1.0:
             raise LibraError(f"threshold must be between 0 and 1, got {threshold}")
+        if not 1 <= parallel <= 64:
+            raise LibraError(f"parallel must be between 1 and 64, got {parallel}")
         from .models import resolve_model
 
         path = resolve_model(os.fspath(model) if model is not None else None)
         info = read_model_info(path)  # validates: exists, GGUF magic, not truncated
         n_threads = threads or default_threads()
         n_gpu = _gpu_layers(gpu_layers)
-        llama_logs.configure(verbose)
-        from llama_cpp import Llama
-
-        try:
-            with llama_logs.silenced_fds(not verbose):
-                llama = Llama(
-                    model_path=str(path),
-                    n_ctx=n_ctx,
-                    n_batch=min(512, n_ctx),
-                    n_threads=n_threads,
-                    n_threads_batch=n_threads,
-                    n_gpu_layers=n_gpu,
-                    logits_all=False,
-                    verbose=verbose,
-                )
-        except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"{path}: llama.cpp could not load this model ({exc})") from None
-        llama_logs.configure(verbose)  # Llama() resets the log level; ours wins
+        n_batch = min(512, n_ctx)
+        runtime = _open_runtime(path, n_ctx, n_batch, n_threads, n_gpu, parallel, verbose)
         import llama_cpp
 
         settings = {
             "n_ctx": n_ctx,
+            "n_batch": n_batch,
+            "parallel": parallel,
             "threads": n_threads,
             "gpu_layers": n_gpu,
             "gpu_offload_compiled": gpu_offload_available(),
@@ -202,15 +258,19 @@ class Guard:
             "prompt_template_version": PROMPT_TEMPLATE_VERSION,
             "llama_cpp_python_version": llama_cpp.__version__,
         }
-        return cls(llama, info, settings=settings, verbose=verbose)
+        try:
+            return cls(runtime, info, settings=settings, verbose=verbose)
+        except BaseException:
+            runtime.close()
+            raise
 
     def close(self) -> None:
         """Free the model and context now (otherwise at garbage collection)."""
         with self._lock:
-            if self._llama is not None:
+            if self._runtime is not None:
                 self._decoder.close()
-                self._llama.close()
-                self._llama = None
+                self._runtime.close()
+                self._runtime = None
 
     def __enter__(self) -> Guard:
         return self
@@ -238,13 +298,20 @@ class Guard:
             + self._decoder.tokenize(rendered.after, special=True)
         )
 
-    def _fit(self, question: str, response: str, analysis: bool) -> tuple[str, bool]:
-        """The user message, with question/response cut to the context if needed."""
+    def _fit(self, question: str, response: str, analysis: bool, parallel: bool = False) -> tuple[str, bool]:
+        """The user message, with question/response cut to the context if needed.
+
+        With parallel sequences the context is shared: each sequence gets an equal part
+        beyond the instruction header they all share.
+        """
         reserve = _FRAME_TOKENS + (self.max_new_tokens if analysis else 0)
-        budget = self.settings["n_ctx"] - self._overhead - reserve - 16
+        n_ctx = self.settings["n_ctx"]
+        if parallel and self.parallel > 1:
+            n_ctx = self._overhead + (n_ctx - self._overhead) // self.parallel
+        budget = n_ctx - self._overhead - reserve - 16
         if budget < 32:
             raise LibraError(
-                f"context of {self.settings['n_ctx']} tokens is too small for the prompt "
+                f"context of {self.settings['n_ctx']} tokens (parallel {self.parallel}) is too small for the prompt "
                 f"({self._overhead} tokens) and output; raise --ctx"
             )
         if len(question.encode()) + len(response.encode()) <= budget:  # >= 1 byte per token
@@ -282,18 +349,47 @@ class Guard:
         if not isinstance(question, str) or not isinstance(response, str):
             raise LibraError("question and response must be strings")
         with self._lock:
-            if self._llama is None:
+            if self._runtime is None:
                 raise LibraError("this Guard was closed")
-            return self._check(question, response, analysis, on_text)
+            pending = self._begin(question, response, analysis, on_text, seq=0)
+            return self._complete([pending])[0]
 
-    def _check(
-        self, question: str, response: str, analysis: bool, on_text: Callable[[str], None] | None
-    ) -> Verdict:
+    def check_many(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        analysis: bool = True,
+        on_verdict: Callable[[int, Verdict], None] | None = None,
+    ) -> list[Verdict]:
+        """Judge several pairs; with analysis, up to `parallel` are generated at once.
+
+        Same verdicts, scores and text as calling `check()` on each pair in turn (greedy
+        decoding per sequence). `on_verdict(index, verdict)` is called as each finishes.
+        """
+        out: list[Verdict] = []
+        step = self.parallel if analysis else 1
+        for base in range(0, len(pairs), step):
+            group = pairs[base : base + step]
+            with self._lock:
+                if self._runtime is None:
+                    raise LibraError("this Guard was closed")
+                started = [self._begin(q, r, analysis, None, seq=i) for i, (q, r) in enumerate(group)]
+                verdicts = self._complete(started)
+            for i, verdict in enumerate(verdicts):
+                if on_verdict is not None:
+                    on_verdict(base + i, verdict)
+                out.append(verdict)
+        return out
+
+    def _begin(
+        self, question: str, response: str, analysis: bool, on_text: Callable[[str], None] | None, *, seq: int
+    ) -> _Pending:
+        """Evaluate the prompt in sequence `seq` and decide the verdict."""
         t0 = time.perf_counter()
         dec = self._decoder
-        message, truncated = self._fit(question, response, analysis)
+        message, truncated = self._fit(question, response, analysis, parallel=seq > 0 or self.parallel > 1)
         prompt = self._prompt_tokens(message)
-        gen = dec.start(prompt)
+        gen = dec.start(prompt, seq=seq)
         # Opening `{ "答案": "`: the model picks the layout; the last layout it chose is
         # speculated in the same batch as the prompt and verified token by token.
         logits = gen.advance(
@@ -304,13 +400,11 @@ class Guard:
             limit=_MAX_FRAME_TOKENS,
         )
         self._opening_draft = gen.tokens[:]
-        t_prefill = gen.prefill_s
-        opening = gen.text
         score = self._score(logits)
         label = UNSAFE if score >= self.threshold else SAFE
+        pending = _Pending(gen, prompt, label, score, truncated, t0)
         if not analysis:
-            raw = opening + label + '"' + ("\n}" if "\n" in opening else "}")
-            return self._verdict(label, score, None, raw, truncated, prompt, gen, t0, t_prefill)
+            return pending
 
         # The label is decided by the score; spell it with the model's likeliest first
         # token for it, then let the grammar-constrained model continue.
@@ -333,15 +427,31 @@ class Guard:
             limit=_MAX_FRAME_TOKENS,
         )
         self._middle_draft = gen.tokens[mark + len(forced) :]
-        stream = JsonStringStream(on_text)
-        raw = gen.finish(logits, self.max_new_tokens, stream)
-        try:
-            parsed = json.loads(raw)
-            text = str(parsed["分析"])
-        except (ValueError, KeyError, TypeError):
-            raw = close_json(raw)
-            text = str(json.loads(raw)["分析"])
-        return self._verdict(label, score, text, raw, truncated, prompt, gen, t0, t_prefill)
+        pending.logits = logits
+        pending.stream = JsonStringStream(on_text)
+        pending.stream.feed(gen.text)  # a token may already have run into the analysis
+        return pending
+
+    def _complete(self, started: list[_Pending]) -> list[Verdict]:
+        """Generate the analyses still open (together), then build the verdicts."""
+        work = [(p.gen, p.logits, p.stream) for p in started if p.stream is not None and p.logits is not None]
+        if work:
+            finish_all(self._decoder, work, self.max_new_tokens)
+        verdicts = []
+        for p in started:
+            if p.stream is None:  # fast mode: close the object right after the verdict
+                opening = p.gen.text
+                raw = opening + p.label + '"' + ("\n}" if "\n" in opening else "}")
+                text = None
+            else:
+                raw = p.gen.text
+                try:
+                    text = str(json.loads(raw)["分析"])
+                except (ValueError, KeyError, TypeError):
+                    raw = close_json(raw)
+                    text = str(json.loads(raw)["分析"])
+            verdicts.append(self._verdict(p, text, raw))
+        return verdicts
 
     def _score(self, logits: np.ndarray) -> float:
         """P(unsafe) = mass of 不安全's first tokens / mass of both labels' first tokens."""
@@ -352,23 +462,24 @@ class Guard:
             return 0.5
         return unsafe / (unsafe + safe)
 
-    def _verdict(self, label, score, text, raw, truncated, prompt, gen, t0, t_prefill) -> Verdict:  # type: ignore[no-untyped-def]
-        total = time.perf_counter() - t0
+    def _verdict(self, p: _Pending, text: str | None, raw: str) -> Verdict:
+        total = time.perf_counter() - p.t0
+        gen = p.gen
         timings = Timings(
-            prompt_tokens=len(prompt),
+            prompt_tokens=len(p.prompt),
             reused_tokens=gen.reused,
-            evaluated_tokens=len(prompt) - gen.reused,
+            evaluated_tokens=len(p.prompt) - gen.reused,
             generated_tokens=len(gen.tokens),
-            prefill_s=round(t_prefill, 6),
-            decode_s=round(max(0.0, total - t_prefill), 6),
+            prefill_s=round(gen.prefill_s, 6),
+            decode_s=round(max(0.0, total - gen.prefill_s), 6),
             total_s=round(total, 6),
         )
         return Verdict(
-            label=label,
-            unsafe=label == UNSAFE,
-            score=score,
+            label=p.label,
+            unsafe=p.label == UNSAFE,
+            score=p.score,
             analysis=text,
             raw=raw,
-            truncated=truncated,
+            truncated=p.truncated,
             timings=timings,
         )

@@ -223,3 +223,20 @@ def test_truncated_gguf_is_a_model_error(tmp_path: Path, tiny_qwen_gguf: Path) -
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelError, match="truncated"):
         Guard.load(cut)
+
+
+def test_parallel_analyses_match_one_at_a_time(tiny_qwen_gguf: Path) -> None:
+    rng = random.Random(11)
+    pairs = [(random_text(rng, 12), random_text(rng, 40)) for _ in range(5)]
+    pairs.insert(2, (pairs[1][0], "同一个问题的另一个回答"))  # a repeated question
+    with Guard.load(tiny_qwen_gguf, n_ctx=4096, max_new_tokens=20) as one:
+        expected = [one.check(q, r) for q, r in pairs]
+    seen: list[int] = []
+    with Guard.load(tiny_qwen_gguf, n_ctx=4096, max_new_tokens=20, parallel=3) as many:
+        got = many.check_many(pairs, on_verdict=lambda i, v: seen.append(i))
+        fast = many.check_many(pairs, analysis=False)
+    assert seen == list(range(len(pairs)))
+    assert [v.raw for v in got] == [v.raw for v in expected]
+    assert [v.score for v in got] == pytest.approx([v.score for v in expected], abs=1e-4)
+    assert [v.label for v in fast] == [v.label for v in expected]
+    assert all(v.analysis is None for v in fast)
