@@ -1,16 +1,379 @@
-"""`libra-edge models` (being built: see the issue tracker)."""
+"""`libra-edge models`: list, inspect, pull, import, export, verify, remove, pick the default."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
 
-from libra_edge.errors import LibraError
+from libra_edge import paths
+from libra_edge.cli.common import add_verbose_option
+from libra_edge.errors import ExitCode
+
+RAW = argparse.RawDescriptionHelpFormatter
+
+MODELS_EPILOG = """\
+Across an air gap:
+  online$  libra-edge models pull libra-guard-3b          # download, convert to Q4_K_M, install
+  online$  libra-edge models export libra-guard-3b /media/usb
+  offline$ libra-edge models import /media/usb/libra-guard-3b.gguf   # checks it against its manifest
+  offline$ libra-edge models verify                       # re-hash every installed model
+
+Other commands find their model by itself: --model PATH|NAME, else the default
+(`libra-edge models default NAME`), else the only installed model.
+Models live in {models_dir} (set LIBRA_EDGE_HOME to move all data).
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="(not built yet)")
-    p.set_defaults(func=run)
+    """Add `models` and its subcommands to the top-level parser."""
+    p = sub.add_parser(
+        "models", help="installed models: list, pull, import, export, verify, rm, default",
+        description="Manage the GGUF models libra-edge runs. Only `pull` uses the network.",
+        epilog=MODELS_EPILOG.format(models_dir=paths.models_dir()), formatter_class=RAW,
+    )
+    p.set_defaults(func=run_list, json=False)
+    msub = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
+
+    s = msub.add_parser(
+        "list", help="installed models (* marks the default)", formatter_class=RAW,
+        description="List installed models: name, quantization, size, architecture, source.",
+        epilog="Examples:\n  libra-edge models list\n  libra-edge models list --json | jq -r '.[].name'",
+    )
+    s.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    s.set_defaults(func=run_list)
+
+    s = msub.add_parser(
+        "info", help="metadata of an installed model or a GGUF file", formatter_class=RAW,
+        description="Show what a GGUF says about itself (architecture, quantization, context, "
+        "parameters, tokenizer, chat template) and its manifest (source, sha256).",
+        epilog="Examples:\n  libra-edge models info libra-guard-3b\n"
+        "  libra-edge models info /media/usb/model.gguf --json",
+    )
+    s.add_argument("model", metavar="NAME|FILE")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.set_defaults(func=run_info)
+
+    s = msub.add_parser(
+        "pull", help="download from the Hugging Face hub, convert to GGUF, install",
+        formatter_class=RAW,
+        description="Download a checkpoint's safetensors, config and tokenizer files (nothing "
+        "else), convert and quantize it to GGUF, and install it with a manifest recording the "
+        "repo, the resolved commit and the file's sha256. Downloads are cached and resumable.",
+        epilog="Known names: libra-guard-0.5b, -1.5b, -3b, -7b, -14b "
+        "(caskcsg/Libra-Guard-Qwen2.5-*-Instruct).\n\n"
+        "Examples:\n  libra-edge models pull libra-guard-3b\n"
+        "  libra-edge models pull libra-guard-7b --quant q8_0\n"
+        "  libra-edge models pull caskcsg/Libra-Guard-Qwen2.5-3B-Instruct --revision 1a2b3c4 "
+        "--name guard\n\n"
+        "Environment: HF_ENDPOINT (a mirror), HF_TOKEN (gated or private repos),\n"
+        "HF_HOME / HF_HUB_CACHE (download cache), HF_HUB_OFFLINE=1 (use the cache only).",
+    )
+    from libra_edge.models.hub import DEFAULT_QUANT, QUANTS  # light: no network libraries
+
+    s.add_argument("repo", metavar="NAME|REPO_ID", help="known name or hub repo id (owner/name)")
+    s.add_argument("--revision", metavar="REV", help="branch, tag or commit (default: main)")
+    s.add_argument("--quant", default=DEFAULT_QUANT, choices=QUANTS, type=str.lower,
+                   help=f"quantization of the GGUF (default: {DEFAULT_QUANT})")
+    s.add_argument("--name", metavar="NAME", help="install under this name "
+                   "(default: the known name, plus -QUANT when not the default quant)")
+    add_verbose_option(s)
+    s.set_defaults(func=run_pull)
+
+    s = msub.add_parser(
+        "import", help="install a GGUF file (e.g. from removable media)", formatter_class=RAW,
+        description="Check a GGUF (header, complete file, architecture, tokenizer, chat "
+        "template), hash it while copying it in, and register it. A manifest beside the "
+        "file (as `export` writes it) must match: a corrupt copy is refused.",
+        epilog="Examples:\n  libra-edge models import /media/usb/libra-guard-3b.gguf\n"
+        "  libra-edge models import ~/Downloads/guard-q8.gguf --name guard-q8\n"
+        "  libra-edge models import other-arch.gguf --force   # skip the architecture check",
+    )
+    s.add_argument("file", metavar="FILE.gguf", type=Path)
+    s.add_argument("--name", metavar="NAME", help="install under this name (default: from the file)")
+    s.add_argument("--force", action="store_true",
+                   help="import even if the architecture, tokenizer or chat template look wrong")
+    add_verbose_option(s)
+    s.set_defaults(func=run_import)
+
+    s = msub.add_parser(
+        "export", help="copy a model and its manifest into a folder for transfer",
+        formatter_class=RAW,
+        description="Write NAME.gguf and NAME.manifest.json into DIR (checking the hash as it "
+        "copies), ready for `libra-edge models import` on another machine.",
+        epilog="Example:\n  libra-edge models export libra-guard-3b /media/usb",
+    )
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("dest", metavar="DIR", type=Path)
+    s.set_defaults(func=run_export)
+
+    s = msub.add_parser(
+        "verify", help="re-hash installed models against their manifests", formatter_class=RAW,
+        description="Recompute each model's sha256 and compare it with its manifest. Prints "
+        "OK or CORRUPT/MISSING/BROKEN per model; exits 3 if any model fails.",
+        epilog="Examples:\n  libra-edge models verify\n  libra-edge models verify libra-guard-3b",
+    )
+    s.add_argument("name", metavar="NAME", nargs="?", help="one model (default: all)")
+    s.set_defaults(func=run_verify)
+
+    s = msub.add_parser(
+        "rm", help="delete an installed model", formatter_class=RAW,
+        description="Delete NAME's GGUF and manifest (and unset it as default).",
+        epilog="Example:\n  libra-edge models rm libra-guard-3b-q8_0",
+    )
+    s.add_argument("name", metavar="NAME")
+    s.set_defaults(func=run_rm)
+
+    s = msub.add_parser(
+        "default", help="show or set the default model", formatter_class=RAW,
+        description="Without NAME: print the default model. With NAME: make it the default.",
+        epilog="Examples:\n  libra-edge models default\n  libra-edge models default libra-guard-7b",
+    )
+    s.add_argument("name", metavar="NAME", nargs="?")
+    s.set_defaults(func=run_default)
 
 
-def run(args: argparse.Namespace) -> int:
-    raise LibraError("'models' is not built yet")
+class _ProgressLine:
+    """`label:  42% (1.2 GB / 2.9 GB)` redrawn in place on stderr, only on a terminal."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.enabled = sys.stderr.isatty()
+        self.last = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        pct = done * 100 // total if total else 100
+        if self.enabled and pct != self.last:
+            self.last = pct
+            print(f"\r{self.label}: {pct:3d}% ({_size(done)} / {_size(total)})",
+                  end="", file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        if self.enabled and self.last >= 0:
+            print(file=sys.stderr)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
+
+
+def _params(n: int | None) -> str:
+    if not n:
+        return "?"
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Print the installed models."""
+    from libra_edge.models import config, registry
+
+    models = registry.installed_models()
+    default = config.default_model_name()
+    if args.json:
+        rows = [_model_dict(m, m.name == default) for m in models]
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return ExitCode.OK
+    if not models:
+        from libra_edge.models import HOW_TO_GET_ONE
+
+        print(f"no models installed in {paths.models_dir()}", file=sys.stderr)
+        print(f"get one: {HOW_TO_GET_ONE}", file=sys.stderr)
+        return ExitCode.OK
+    table = [("", "NAME", "QUANT", "SIZE", "ARCH", "SOURCE")]
+    for m in models:
+        mf = m.manifest
+        if mf is None:
+            table.append(("", m.name, "?", "?", "?", f"BROKEN: {m.problem}"))
+            continue
+        source = mf.source_repo + (f"@{mf.source_commit[:12]}" if mf.source_commit else "") \
+            if mf.source_repo else f"imported {mf.imported_from or ''}".strip()
+        table.append(("*" if m.name == default else "", m.name, mf.quant, _size(mf.size),
+                      mf.architecture or "?", source))
+    _print_table(table)
+    return ExitCode.OK
+
+
+def _model_dict(m: Any, is_default: bool) -> dict[str, Any]:
+    data: dict[str, Any] = {"name": m.name, "path": str(m.path), "default": is_default}
+    if m.manifest is not None:
+        from dataclasses import asdict
+
+        data.update(asdict(m.manifest))
+        data["name"] = m.name
+    else:
+        data["problem"] = m.problem
+    return data
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def run_info(args: argparse.Namespace) -> int:
+    """Print a model's GGUF metadata and manifest."""
+    from libra_edge.models import config, registry
+    from libra_edge.models.ggufinfo import read_model_info
+    from libra_edge.models.manifest import load_manifest, manifest_path_for
+
+    path = Path(args.model).expanduser()
+    model = None if path.is_file() else registry.get_model(args.model)
+    if model is not None:
+        path = model.path
+    info = read_model_info(path)
+    mpath = manifest_path_for(path)
+    manifest = model.manifest if model is not None else (
+        load_manifest(mpath) if mpath.is_file() else None)
+    if args.json:
+        from dataclasses import asdict
+
+        data = {k: v for k, v in asdict(info).items() if k != "metadata"}
+        data.update(path=str(path), metadata=info.metadata, problems=info.problems(),
+                    manifest=asdict(manifest) if manifest else None,
+                    default=model is not None and model.name == config.default_model_name())
+        print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+        return ExitCode.OK
+    rows = [
+        ("name", model.name if model else "(not installed)"),
+        ("file", str(path)),
+        ("size", f"{_size(info.file_size)} ({info.file_size:,} bytes)"),
+        ("architecture", info.architecture or "?"),
+        ("quantization", info.quant),
+        ("parameters", f"{_params(info.n_params)} ({info.n_params:,}, {info.n_tensors} tensors)"),
+        ("layers", str(info.n_layers or "?")),
+        ("context (trained)", str(info.context_length or "?")),
+        ("tokenizer", f"{info.tokenizer_model or '?'}, {info.vocab_size:,} tokens"),
+        ("chat template", f"{len(info.chat_template):,} characters" if info.chat_template
+         else "MISSING"),
+        ("model name (GGUF)", info.name or "?"),
+    ]
+    if manifest is not None:
+        source = manifest.source_repo or "-"
+        if manifest.source_commit:
+            source += f" @ {manifest.source_commit}"
+        rows += [
+            ("source", source),
+            ("origin", manifest.origin + (f" from {manifest.imported_from}"
+                                          if manifest.imported_from else "")),
+            ("sha256", manifest.sha256),
+            ("installed", manifest.created or "?"),
+            ("prompt template", manifest.prompt_template_version or "?"),
+            ("libra-edge", manifest.libra_edge_version or "?"),
+        ]
+    for problem in info.problems():
+        rows.append(("WARNING", problem))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key.ljust(width)}  {value}")
+    return ExitCode.OK
+
+
+def run_pull(args: argparse.Namespace) -> int:
+    """Download, convert and install a model from the hub."""
+    from libra_edge.models import config, hub
+
+    progress = _ProgressLine("hashing")
+    model = hub.pull(args.repo, revision=args.revision, quant=args.quant, name=args.name,
+                     progress=progress, say=lambda line: print(line, file=sys.stderr, flush=True))
+    progress.finish()
+    _installed_message(model, config.default_model_name())
+    return ExitCode.OK
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """Validate a GGUF file and copy it into the models folder."""
+    from libra_edge.models import config, registry
+
+    progress = _ProgressLine(f"importing {args.file.name}")
+    model, new = registry.import_model(args.file, name=args.name, force=args.force,
+                                       progress=progress)
+    progress.finish()
+    if not new:
+        print(f"{model.name}: already installed (identical file)", file=sys.stderr)
+        return ExitCode.OK
+    _installed_message(model, config.default_model_name())
+    return ExitCode.OK
+
+
+def _installed_message(model: Any, default: str | None) -> None:
+    mf = model.manifest
+    source = f" from {mf.source_repo}@{(mf.source_commit or '?')[:12]}" if mf.source_repo else ""
+    print(f"installed {model.name}{source} ({mf.quant}, {_size(mf.size)}, "
+          f"sha256 {mf.sha256[:16]}…)", file=sys.stderr)
+    if default == model.name:
+        print(f"{model.name} is the default model", file=sys.stderr)
+    else:
+        print(f"use it with --model {model.name}, or `libra-edge models default {model.name}`",
+              file=sys.stderr)
+    print(model.path)  # stdout: the path, for scripts
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Copy a model and its manifest into a folder."""
+    from libra_edge.models import registry
+
+    progress = _ProgressLine(f"exporting {args.name}")
+    target = registry.export_model(args.name, args.dest, progress)
+    progress.finish()
+    print(f"exported {args.name}: {target} (+ {target.stem}.manifest.json)", file=sys.stderr)
+    print(target)
+    return ExitCode.OK
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """Re-hash installed models; exit 3 if any does not match its manifest."""
+    from libra_edge.models import registry
+
+    models = [registry.get_model(args.name)] if args.name else registry.installed_models()
+    if not models:
+        print("no models installed: nothing to verify", file=sys.stderr)
+        return ExitCode.OK
+    failed = 0
+    for m in models:
+        progress = _ProgressLine(f"verifying {m.name}")
+        result = registry.verify_model(m, progress)
+        progress.finish()
+        failed += not result.ok
+        print(f"{result.status:8} {m.name}  {result.detail}")
+    if failed:
+        print(f"{failed} of {len(models)} model(s) failed verification: remove them "
+              "(`libra-edge models rm NAME`) and pull or import them again", file=sys.stderr)
+        return ExitCode.MODEL
+    return ExitCode.OK
+
+
+def run_rm(args: argparse.Namespace) -> int:
+    """Delete an installed model."""
+    from libra_edge.models import registry
+
+    model = registry.remove_model(args.name)
+    print(f"removed {model.name} ({model.path})", file=sys.stderr)
+    return ExitCode.OK
+
+
+def run_default(args: argparse.Namespace) -> int:
+    """Show or set the default model."""
+    from libra_edge.models import config, registry
+
+    if args.name is None:
+        name = config.default_model_name()
+        if name is None:
+            print("no default model set (commands use the only installed model, if there is "
+                  "one)", file=sys.stderr)
+            return ExitCode.OK
+        print(name)
+        return ExitCode.OK
+    model = registry.get_model(args.name)
+    config.set_default_model_name(model.name)
+    print(f"default model: {model.name}", file=sys.stderr)
+    return ExitCode.OK
