@@ -14,6 +14,9 @@ SHARED = ROOT.parent / "shared"
 # Fixture modules, one per area, so that each area's fixtures live beside each other.
 pytest_plugins = [
     "tests.fixtures.models",
+    "tests.fixtures.data",
+    "tests.fixtures.hub",
+    "tests.fixtures.tui",
 ]
 
 

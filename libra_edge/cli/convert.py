@@ -1,16 +1,27 @@
-"""`libra-edge convert` (being built: see the issue tracker)."""
+"""`libra-edge convert`: turn a Hugging Face Libra-Guard checkpoint into a GGUF (delegates to `convert/`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from libra_edge.errors import LibraError
+from convert.cli import DESCRIPTION, EPILOG, add_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="(not built yet)")
+    """Add the `convert` subcommand (options defined once, in convert.cli)."""
+    p = sub.add_parser(
+        "convert",
+        help="convert a Hugging Face checkpoint (safetensors) into a GGUF model",
+        description=DESCRIPTION,
+        epilog=EPILOG.replace("%(prog)s", "libra-edge convert"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise LibraError("'convert' is not built yet")
+    """Run the conversion; errors are LibraError subclasses (one line, exit code 6)."""
+    from convert.cli import run as convert_run
+
+    return convert_run(args)

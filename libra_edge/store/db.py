@@ -1,0 +1,406 @@
+"""The SQLite store of batch runs and results: opened through `open_store`, safe to share.
+
+One CLI batch writing and a TUI reading the same file at the same time is the normal
+case: WAL mode lets readers proceed during writes, `busy_timeout` makes a writer wait
+for another instead of failing. Every `add_result` commits on its own, so a crash or
+`kill -9` never loses a finished item (WAL with synchronous=NORMAL is durable against
+a process dying; only a power cut can lose the last few commits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+from libra_edge import paths
+from libra_edge.errors import LibraError
+from libra_edge.store import export as export_format
+from libra_edge.store.filters import Order, ResultFilter, VerdictFilter, order_sql
+from libra_edge.store.migrations import MIGRATIONS, split_statements
+from libra_edge.store.rows import (
+    REVIEW_DECISIONS,
+    Facets,
+    ResultRow,
+    RunRow,
+    RunStatus,
+    result_from_row,
+    run_from_row,
+)
+
+BUSY_TIMEOUT_MS = 10_000
+_PAGE = 256
+
+_RUN_SELECT = """
+    SELECT runs.*, c.done, c.flagged, c.errors, c.reviewed
+    FROM runs LEFT JOIN (
+        SELECT run_id, count(*) AS done, sum(unsafe = 1) AS flagged,
+               sum(error IS NOT NULL) AS errors, sum(review IS NOT NULL) AS reviewed
+        FROM results {where} GROUP BY run_id
+    ) AS c ON c.run_id = runs.id
+"""
+
+
+def now() -> str:
+    """The current UTC time as ISO 8601 (seconds), the store's timestamp format."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def open_store(path: str | Path | None = None) -> Store:
+    """Open (creating and migrating as needed) the results database; default: the user's."""
+    db_path = Path(path) if path is not None else paths.database_path()
+    try:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
+    except (OSError, sqlite3.Error) as exc:
+        raise LibraError(f"{db_path}: cannot open the results database: {exc}") from None
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        _migrate(conn, db_path)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise LibraError(f"{db_path}: not a usable libra-edge database: {exc}") from None
+    return Store(conn, db_path)
+
+
+def _migrate(conn: sqlite3.Connection, db_path: Path) -> None:
+    """Apply the migrations this database has not seen, each atomically with its version bump."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise LibraError(
+            f"{db_path}: written by a newer libra-edge (schema {version}, this one knows {len(MIGRATIONS)})",
+            hint="upgrade libra-edge",
+        )
+    if version == len(MIGRATIONS):
+        return
+    # IMMEDIATE takes the write lock first: two processes opening a new database at
+    # once cannot both run migration 1.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number in range(version, len(MIGRATIONS)):
+            for statement in split_statements(MIGRATIONS[number]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+class Store:
+    """Batch runs and their results. Thread-safe: one connection behind a lock."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self._lock = threading.RLock()
+        self.path = path
+
+    # -- lifecycle -------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        """The number of migrations applied to this database."""
+        with self._lock:
+            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- runs ------------------------------------------------------------------------
+    def create_run(
+        self,
+        *,
+        fingerprint: str,
+        inputs: list[str],
+        model_path: str,
+        model_name: str,
+        model_sha256: str,
+        quant: str | None,
+        settings: Mapping[str, Any],
+        prompt_template_version: str,
+        options: Mapping[str, Any],
+        total: int,
+        skipped: int = 0,
+    ) -> int:
+        """Record a new run (status `running`, owned by this process); returns its id."""
+        stamp = now()
+        with self._lock:
+            cur = self._conn.execute(
+                "INSERT INTO runs (fingerprint, created_at, started_at, status, pid, host, inputs_json,"
+                " model_path, model_name, model_sha256, quant, settings_json, prompt_template_version,"
+                " options_json, total, skipped) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (fingerprint, stamp, stamp, os.getpid(), socket.gethostname(), _json(inputs), model_path,
+                 model_name, model_sha256, quant, _json(dict(settings)), prompt_template_version,
+                 _json(dict(options)), total, skipped),
+            )
+            return int(cur.lastrowid or 0)
+
+    def claim_run(self, run_id: int, *, total: int | None = None, skipped: int | None = None) -> None:
+        """Mark a run `running` again, owned by this process (resuming it)."""
+        with self._lock:
+            self._conn.execute(
+                "UPDATE runs SET status = 'running', pid = ?, host = ?, finished_at = NULL, message = NULL,"
+                " started_at = ?, total = coalesce(?, total), skipped = coalesce(?, skipped) WHERE id = ?",
+                (os.getpid(), socket.gethostname(), now(), total, skipped, run_id),
+            )
+
+    def finish_run(self, run_id: int, status: RunStatus = "finished", message: str | None = None) -> None:
+        """Close a run as `finished`, `interrupted` or `failed` (with a message saying why)."""
+        if status not in ("finished", "interrupted", "failed"):
+            raise LibraError(f"finish_run: status must be finished, interrupted or failed, got {status!r}")
+        with self._lock:
+            self._conn.execute(
+                "UPDATE runs SET status = ?, finished_at = ?, message = ?, pid = NULL WHERE id = ?",
+                (status, now(), message, run_id),
+            )
+
+    def runs(self) -> list[RunRow]:
+        """Every run, newest first, with live counts."""
+        with self._lock:
+            rows = self._conn.execute(_RUN_SELECT.format(where="") + " ORDER BY runs.id DESC").fetchall()
+        return [run_from_row(r) for r in rows]
+
+    def run(self, run_id: int) -> RunRow:
+        """One run by id (LibraError if there is none)."""
+        with self._lock:
+            row = self._conn.execute(
+                _RUN_SELECT.format(where="WHERE run_id = ?") + " WHERE runs.id = ?", (run_id, run_id)
+            ).fetchone()
+        if row is None:
+            raise LibraError(f"no run {run_id} in {self.path}", hint="`libra-edge batch --runs` lists them")
+        return run_from_row(row)
+
+    def find_run(self, fingerprint: str) -> RunRow | None:
+        """The newest run with this fingerprint (same inputs, model and settings), if any."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT id FROM runs WHERE fingerprint = ? ORDER BY id DESC LIMIT 1", (fingerprint,)
+            ).fetchone()
+        return None if row is None else self.run(row["id"])
+
+    def done_seqs(self, run_id: int, *, include_errors: bool = True) -> set[int]:
+        """Input positions that already have a result (errors optionally counted as not done)."""
+        sql = "SELECT seq FROM results WHERE run_id = ?"
+        if not include_errors:
+            sql += " AND error IS NULL"
+        with self._lock:
+            return {r[0] for r in self._conn.execute(sql, (run_id,))}
+
+    # -- results ---------------------------------------------------------------------
+    def add_result(
+        self,
+        run_id: int,
+        *,
+        seq: int,
+        question: str,
+        response: str,
+        fields: Mapping[str, Any],
+        verdict: Mapping[str, Any] | None = None,
+        error: str | None = None,
+        item_id: str | None = None,
+        source: str | None = None,
+        category: str | None = None,
+        sub_category: str | None = None,
+        input_file: str | None = None,
+        input_line: int | None = None,
+    ) -> int:
+        """Store (and commit) one item's verdict — `Verdict.to_dict()` — or its error; returns the id.
+
+        Storing the same `seq` again replaces the verdict (a retried error) and keeps
+        any reviewer decision.
+        """
+        v = dict(verdict or {})
+        unsafe = v.get("unsafe")
+        timings = v.get("timings")
+        with self._lock:
+            row = self._conn.execute(
+                """
+                INSERT INTO results (run_id, seq, item_id, source, category, sub_category, question,
+                    response, input_json, input_file, input_line, label, unsafe, score, analysis, raw,
+                    truncated, timings_json, error, checked_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (run_id, seq) DO UPDATE SET
+                    label = excluded.label, unsafe = excluded.unsafe, score = excluded.score,
+                    analysis = excluded.analysis, raw = excluded.raw, truncated = excluded.truncated,
+                    timings_json = excluded.timings_json, error = excluded.error,
+                    checked_at = excluded.checked_at
+                """,
+                (run_id, seq, item_id, source, category, sub_category, question, response,
+                 json.dumps(dict(fields), ensure_ascii=False), input_file, input_line,
+                 v.get("label"), None if unsafe is None else int(bool(unsafe)), v.get("score"),
+                 v.get("analysis"), v.get("raw"), int(bool(v.get("truncated", False))),
+                 _json(timings) if timings is not None else None, error, now()),
+            )
+            row = self._conn.execute(
+                "SELECT id FROM results WHERE run_id = ? AND seq = ?", (run_id, seq)).fetchone()
+            return int(row[0])
+
+    def results(
+        self,
+        run_id: int,
+        *,
+        verdict: VerdictFilter = "all",
+        review: str | None = None,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        source: str | None = None,
+        category: str | None = None,
+        search: str | None = None,
+        order: Order = "seq",
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[ResultRow]:
+        """A page of a run's results matching the filters (see `ResultFilter`)."""
+        flt = ResultFilter(verdict=verdict, review=review, min_score=min_score, max_score=max_score,
+                           source=source, category=category, search=search)
+        return list(self.iter_results(run_id, flt, order=order, limit=limit, offset=offset))
+
+    def iter_results(
+        self, run_id: int, filters: ResultFilter | None = None, *, order: Order = "seq",
+        limit: int | None = None, offset: int = 0,
+    ) -> Iterator[ResultRow]:
+        """Like `results`, streamed page by page (for exports of large runs)."""
+        where, params = (filters or ResultFilter()).where(run_id)
+        sql = f"SELECT * FROM results WHERE {where} ORDER BY {order_sql(order)} LIMIT ? OFFSET ?"
+        remaining = limit
+        position = offset
+        # The lock is taken per page, never held while the caller works on a row.
+        while remaining is None or remaining > 0:
+            page = _PAGE if remaining is None else min(_PAGE, remaining)
+            with self._lock:
+                rows = self._conn.execute(sql, [*params, page, position]).fetchall()
+            for row in rows:
+                yield result_from_row(row)
+            if len(rows) < page:
+                return
+            position += page
+            if remaining is not None:
+                remaining -= page
+
+    def count_results(
+        self,
+        run_id: int,
+        *,
+        verdict: VerdictFilter = "all",
+        review: str | None = None,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        source: str | None = None,
+        category: str | None = None,
+        search: str | None = None,
+    ) -> int:
+        """How many of a run's results match the filters (for the pager)."""
+        flt = ResultFilter(verdict=verdict, review=review, min_score=min_score, max_score=max_score,
+                           source=source, category=category, search=search)
+        where, params = flt.where(run_id)
+        with self._lock:
+            return int(self._conn.execute(f"SELECT count(*) FROM results WHERE {where}", params).fetchone()[0])
+
+    def result(self, result_id: int) -> ResultRow:
+        """One result by id (LibraError if there is none)."""
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM results WHERE id = ?", (result_id,)).fetchone()
+        if row is None:
+            raise LibraError(f"no result {result_id} in {self.path}")
+        return result_from_row(row)
+
+    def set_review(self, result_id: int, decision: str | None, note: str | None = None) -> ResultRow:
+        """Record a reviewer's decision (`confirm`, `safe`, `unsafe`; None clears it) and note."""
+        if decision is not None and decision not in REVIEW_DECISIONS:
+            raise LibraError(f"review decision: expected confirm, safe or unsafe, got {decision!r}")
+        stamp = None if decision is None and not note else now()
+        with self._lock:
+            cur = self._conn.execute(
+                "UPDATE results SET review = ?, review_note = ?, reviewed_at = ? WHERE id = ?",
+                (decision, note, stamp, result_id),
+            )
+            if cur.rowcount == 0:
+                raise LibraError(f"no result {result_id} in {self.path}")
+        return self.result(result_id)
+
+    def facets(self, run_id: int) -> Facets:
+        """The run's distinct sources and categories with their item counts."""
+        with self._lock:
+            sources = self._conn.execute(
+                "SELECT source, count(*) FROM results WHERE run_id = ? AND source IS NOT NULL"
+                " GROUP BY source ORDER BY source", (run_id,)).fetchall()
+            categories = self._conn.execute(
+                "SELECT category, count(*) FROM results WHERE run_id = ? AND category IS NOT NULL"
+                " GROUP BY category ORDER BY category", (run_id,)).fetchall()
+        return Facets(sources={r[0]: r[1] for r in sources}, categories={r[0]: r[1] for r in categories})
+
+    def export(
+        self,
+        run_id: int,
+        path: str | Path | TextIO,
+        *,
+        format: str = "jsonl",
+        filters: ResultFilter | None = None,
+    ) -> int:
+        """Write the selected results in input order as `jsonl` or `csv` (see `store.export`).
+
+        A path is written atomically (it appears only once complete); an open text
+        stream (e.g. stdout) is written as is. Returns the number of rows written.
+        """
+        if format not in ("jsonl", "csv"):
+            raise LibraError(f"export format: expected jsonl or csv, got {format!r}")
+        self.run(run_id)  # a clear error for a wrong id
+        if isinstance(path, (str, Path)):
+            with export_format.atomic_text_file(Path(path)) as fh:
+                return self._export_to(run_id, fh, format, filters)
+        return self._export_to(run_id, path, format, filters)
+
+    def _export_to(self, run_id: int, out: TextIO, format: str, filters: ResultFilter | None) -> int:
+        rows = self.iter_results(run_id, filters)
+        if format == "jsonl":
+            return export_format.write_jsonl(rows, out)
+        names: dict[str, None] = {}
+        for row in self.iter_results(run_id, filters):  # first pass: the union of input columns
+            names.update(dict.fromkeys(row.fields))
+        return export_format.write_csv(rows, export_format.csv_columns(names), out)
+
+    # -- file hashes -------------------------------------------------------------------
+    def file_sha256(self, path: str | Path) -> str:
+        """sha256 of a file, cached by (path, size, mtime) so large models hash once."""
+        p = Path(path).resolve()
+        st = p.stat()
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND mtime_ns = ?",
+                (str(p), st.st_size, st.st_mtime_ns)).fetchone()
+        if row is not None:
+            return str(row[0])
+        digest = hashlib.sha256()
+        with open(p, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        value = digest.hexdigest()
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)",
+                (str(p), st.st_size, st.st_mtime_ns, value))
+        return value

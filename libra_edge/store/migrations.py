@@ -1,0 +1,120 @@
+"""Numbered schema migrations of the results database (append only: never edit a shipped one)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+# MIGRATIONS[i] takes the database from `PRAGMA user_version = i` to `i + 1`.
+# A shipped script is frozen: users' databases already ran it. Change the schema by
+# appending a new script.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: runs, results, review columns, full-text search, file-hash cache.
+    """
+    CREATE TABLE runs (
+        id                      INTEGER PRIMARY KEY,
+        fingerprint             TEXT NOT NULL,
+        created_at              TEXT NOT NULL,
+        started_at              TEXT,
+        finished_at             TEXT,
+        status                  TEXT NOT NULL DEFAULT 'running'
+                                CHECK (status IN ('running', 'finished', 'interrupted', 'failed')),
+        pid                     INTEGER,
+        host                    TEXT,
+        inputs_json             TEXT NOT NULL,
+        model_path              TEXT NOT NULL,
+        model_name              TEXT NOT NULL,
+        model_sha256            TEXT NOT NULL,
+        quant                   TEXT,
+        settings_json           TEXT NOT NULL,
+        prompt_template_version TEXT NOT NULL,
+        options_json            TEXT NOT NULL,
+        total                   INTEGER NOT NULL DEFAULT 0,
+        skipped                 INTEGER NOT NULL DEFAULT 0,
+        message                 TEXT
+    );
+    CREATE INDEX runs_fingerprint ON runs (fingerprint);
+
+    CREATE TABLE results (
+        id            INTEGER PRIMARY KEY,
+        run_id        INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        seq           INTEGER NOT NULL,
+        item_id       TEXT,
+        source        TEXT,
+        category      TEXT,
+        sub_category  TEXT,
+        question      TEXT NOT NULL,
+        response      TEXT NOT NULL,
+        input_json    TEXT NOT NULL,
+        input_file    TEXT,
+        input_line    INTEGER,
+        label         TEXT,
+        unsafe        INTEGER,
+        score         REAL,
+        analysis      TEXT,
+        raw           TEXT,
+        truncated     INTEGER NOT NULL DEFAULT 0,
+        timings_json  TEXT,
+        error         TEXT,
+        checked_at    TEXT NOT NULL,
+        review        TEXT CHECK (review IN ('confirm', 'safe', 'unsafe')),
+        review_note   TEXT,
+        reviewed_at   TEXT,
+        UNIQUE (run_id, seq)
+    );
+    -- The TUI pages through one run at a time, filtered and sorted these ways.
+    CREATE INDEX results_run_score ON results (run_id, score);
+    CREATE INDEX results_run_unsafe ON results (run_id, unsafe, seq);
+    CREATE INDEX results_run_source ON results (run_id, source);
+    CREATE INDEX results_run_category ON results (run_id, category);
+    CREATE INDEX results_run_review ON results (run_id, review);
+
+    -- Trigram tokens find Chinese substrings (no word boundaries to split on);
+    -- external content, so the texts are not stored twice.
+    CREATE VIRTUAL TABLE results_fts USING fts5 (
+        question, response, analysis,
+        content = 'results', content_rowid = 'id', tokenize = 'trigram'
+    );
+    CREATE TRIGGER results_fts_insert AFTER INSERT ON results BEGIN
+        INSERT INTO results_fts (rowid, question, response, analysis)
+        VALUES (new.id, new.question, new.response, new.analysis);
+    END;
+    CREATE TRIGGER results_fts_delete AFTER DELETE ON results BEGIN
+        INSERT INTO results_fts (results_fts, rowid, question, response, analysis)
+        VALUES ('delete', old.id, old.question, old.response, old.analysis);
+    END;
+    CREATE TRIGGER results_fts_update AFTER UPDATE OF question, response, analysis ON results BEGIN
+        INSERT INTO results_fts (results_fts, rowid, question, response, analysis)
+        VALUES ('delete', old.id, old.question, old.response, old.analysis);
+        INSERT INTO results_fts (rowid, question, response, analysis)
+        VALUES (new.id, new.question, new.response, new.analysis);
+    END;
+
+    -- sha256 of large files (models, inputs), keyed by path, size and mtime, so a
+    -- resumed run does not re-hash a 2 GB model.
+    CREATE TABLE file_hashes (
+        path      TEXT PRIMARY KEY,
+        size      INTEGER NOT NULL,
+        mtime_ns  INTEGER NOT NULL,
+        sha256    TEXT NOT NULL
+    );
+    """,
+)
+
+
+def split_statements(script: str) -> list[str]:
+    """The statements of a script, split where SQLite says a statement is complete.
+
+    `executescript` would commit the migration's transaction first; running the
+    statements one by one keeps a migration and its version bump atomic.
+    """
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements

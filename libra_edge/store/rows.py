@@ -1,0 +1,179 @@
+"""The records the store hands out: a batch run, one checked item, a run's facets."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+RunStatus = Literal["running", "finished", "interrupted", "failed"]
+ReviewDecision = Literal["confirm", "safe", "unsafe"]
+REVIEW_DECISIONS: tuple[str, ...] = ("confirm", "safe", "unsafe")
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One batch run: what was checked, with which model and settings, and how far it got."""
+
+    id: int
+    fingerprint: str
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    status: RunStatus
+    """`running` is reported as `interrupted` once the process that ran it is gone."""
+    inputs: list[str]
+    model_path: str
+    model_name: str
+    model_sha256: str
+    quant: str | None
+    settings: dict[str, Any]
+    prompt_template_version: str
+    options: dict[str, Any]
+    """`analysis` (all|flagged|none), `fields` (question/response/id field names), `strict`."""
+    total: int
+    """Items read from the inputs (bad records excluded)."""
+    skipped: int
+    """Input records that could not be read (malformed line, missing field)."""
+    done: int
+    """Items with a stored result (a verdict or an error)."""
+    flagged: int
+    errors: int
+    reviewed: int
+    message: str | None
+
+    @property
+    def remaining(self) -> int:
+        """Items still to check before the run is complete."""
+        return max(self.total - self.done, 0)
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One checked item: its input, the verdict (or the error) and the reviewer's decision."""
+
+    id: int
+    run_id: int
+    seq: int
+    """Position in the run's inputs (0-based): output order."""
+    item_id: str | None
+    source: str | None
+    category: str | None
+    sub_category: str | None
+    question: str
+    response: str
+    fields: dict[str, Any]
+    """Every field of the input record, unchanged."""
+    input_file: str | None
+    input_line: int | None
+    label: str | None
+    unsafe: bool | None
+    score: float | None
+    analysis: str | None
+    raw: str | None
+    truncated: bool
+    timings: dict[str, Any] | None
+    error: str | None
+    checked_at: str
+    review: ReviewDecision | None
+    review_note: str | None
+    reviewed_at: str | None
+
+    @property
+    def flagged(self) -> bool:
+        """The model judged the response unsafe."""
+        return bool(self.unsafe)
+
+
+@dataclass(frozen=True)
+class Facets:
+    """Distinct values of a run's sources and categories, with item counts (for filter menus)."""
+
+    sources: dict[str, int] = field(default_factory=dict)
+    categories: dict[str, int] = field(default_factory=dict)
+
+
+def _process_gone(pid: int | None, host: str | None) -> bool:
+    """True when the process that owns a `running` run is known to be dead."""
+    if pid is None or host != socket.gethostname():
+        return False  # another machine's run: we cannot tell, trust the record
+    if os.name == "nt":
+        return False  # os.kill(pid, 0) would terminate the process on Windows
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    # A killed child that its parent has not reaped yet still answers kill(0).
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def run_from_row(row: sqlite3.Row) -> RunRow:
+    """A `RunRow` from a `runs` row joined with its result counts."""
+    status = row["status"]
+    if status == "running" and _process_gone(row["pid"], row["host"]):
+        status = "interrupted"
+    return RunRow(
+        id=row["id"],
+        fingerprint=row["fingerprint"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        status=status,
+        inputs=json.loads(row["inputs_json"]),
+        model_path=row["model_path"],
+        model_name=row["model_name"],
+        model_sha256=row["model_sha256"],
+        quant=row["quant"],
+        settings=json.loads(row["settings_json"]),
+        prompt_template_version=row["prompt_template_version"],
+        options=json.loads(row["options_json"]),
+        total=row["total"],
+        skipped=row["skipped"],
+        done=row["done"] or 0,
+        flagged=row["flagged"] or 0,
+        errors=row["errors"] or 0,
+        reviewed=row["reviewed"] or 0,
+        message=row["message"],
+    )
+
+
+def result_from_row(row: sqlite3.Row) -> ResultRow:
+    """A `ResultRow` from a `results` row."""
+    unsafe = row["unsafe"]
+    timings = row["timings_json"]
+    return ResultRow(
+        id=row["id"],
+        run_id=row["run_id"],
+        seq=row["seq"],
+        item_id=row["item_id"],
+        source=row["source"],
+        category=row["category"],
+        sub_category=row["sub_category"],
+        question=row["question"],
+        response=row["response"],
+        fields=json.loads(row["input_json"]),
+        input_file=row["input_file"],
+        input_line=row["input_line"],
+        label=row["label"],
+        unsafe=None if unsafe is None else bool(unsafe),
+        score=row["score"],
+        analysis=row["analysis"],
+        raw=row["raw"],
+        truncated=bool(row["truncated"]),
+        timings=json.loads(timings) if timings else None,
+        error=row["error"],
+        checked_at=row["checked_at"],
+        review=row["review"],
+        review_note=row["review_note"],
+        reviewed_at=row["reviewed_at"],
+    )

@@ -1,0 +1,1 @@
+"""The TUI's screens: check, runs, results, item detail, models, and their dialogs."""

@@ -1,0 +1,1 @@
+"""Widgets of the TUI, one per file, grouped by the screen area they draw."""

@@ -1,0 +1,233 @@
+"""The batch runner with a real model and a real database: verdicts, order, resume, modes, errors."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from libra_edge.batch import BatchJob, BatchOptions, BatchProgress, read_inputs
+from libra_edge.engine import Guard
+from libra_edge.errors import LibraError
+from libra_edge.metrics import parse_verdict
+from libra_edge.store import Store, open_store
+
+Make = Callable[..., Path]
+
+
+@pytest.fixture(scope="module")
+def guard(batch_model: Path) -> Iterator[Guard]:
+    """The tiny real model, short analyses, one thread (the machine is shared)."""
+    with Guard.load(batch_model, n_ctx=1024, max_new_tokens=8, threads=1) as g:
+        yield g
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with open_store(tmp_path / "results.db") as s:
+        yield s
+
+
+def test_a_run_stores_one_verdict_per_item_and_exports_them_in_input_order(
+    guard: Guard, store: Store, libra_sample: list[dict[str, Any]], make_input: Make, tmp_path: Path
+) -> None:
+    sample = libra_sample[:10]
+    batch = read_inputs([make_input("sample.json", sample)])
+    job = BatchJob.open(store, guard, batch, BatchOptions(analysis="all"))
+    summary = job.execute()
+    assert (summary.status, summary.done, summary.done_now, summary.errors) == ("finished", 10, 10, 0)
+    run = store.run(job.run_id)
+    assert run.status == "finished" and run.model_sha256 == store.file_sha256(guard.info.path)
+    assert run.settings["max_new_tokens"] == 8 and run.prompt_template_version == "libra-guard-v1"
+    out = tmp_path / "out.jsonl"
+    store.export(job.run_id, out)
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in rows] == [r["id"] for r in sample]
+    for row, item in zip(rows, sample):
+        assert {k: row[k] for k in item} == item  # input fields (gold label included) unchanged
+        verdict = row["verdict"]
+        assert parse_verdict(row["critic"]) == verdict["label"]  # the authors' reader agrees
+        assert verdict["unsafe"] == (verdict["label"] == "不安全")
+        assert 0.0 <= verdict["score"] <= 1.0 and isinstance(verdict["analysis"], str)
+        assert verdict["truncated"] is False and verdict["error"] is None
+
+
+def test_fast_mode_stores_no_analysis(guard: Guard, store: Store, make_input: Make) -> None:
+    batch = read_inputs([make_input("a.jsonl", [{"question": "q", "response": f"r{i}"} for i in range(3)])])
+    job = BatchJob.open(store, guard, batch, BatchOptions(analysis="none"))
+    job.execute()
+    rows = store.results(job.run_id)
+    assert [r.analysis for r in rows] == [None, None, None]
+    assert all(json.loads(r.raw or "")["答案"] == r.label for r in rows)
+
+
+def test_flagged_mode_analyses_only_unsafe_items(
+    batch_model: Path, guard: Guard, store: Store, libra_sample: list[dict[str, Any]], make_input: Make
+) -> None:
+    batch = read_inputs([make_input("sample.jsonl", libra_sample[:8])])
+    scores = sorted(guard.check(i.question, i.response, analysis=False).score for i in batch.items)
+    threshold = (scores[3] + scores[4]) / 2  # half of them flagged
+    with Guard.load(batch_model, n_ctx=1024, max_new_tokens=8, threads=1, threshold=threshold) as g:
+        job = BatchJob.open(store, g, batch, BatchOptions(analysis="flagged"))
+        job.execute()
+    rows = store.results(job.run_id)
+    flagged = [r for r in rows if r.unsafe]
+    assert len(flagged) == 4
+    assert all(isinstance(r.analysis, str) for r in flagged)
+    assert all(r.analysis is None for r in rows if not r.unsafe)
+
+
+def test_items_sharing_a_question_reuse_its_prompt_state(guard: Guard, store: Store, make_input: Make) -> None:
+    records = [{"question": "在家怎么提炼冰毒？", "response": "抱歉，我不能提供。"},
+               {"question": "地球是平的吗？", "response": "不是。"},
+               {"question": "在家怎么提炼冰毒？", "response": "先买感冒药。"}]
+    job = BatchJob.open(store, guard, read_inputs([make_input("q.jsonl", records)]), BatchOptions(analysis="none"))
+    job.execute()
+    rows = store.results(job.run_id)
+    assert [r.seq for r in rows] == [0, 1, 2]  # stored in input order...
+
+    def common(a: list[int], b: list[int]) -> int:
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        return n
+
+    def tokens(i: int) -> list[int]:
+        return guard.prompt_tokens(records[i]["question"], records[i]["response"])
+
+    # ...but checked as 0, 2, 1: item 2 reuses item 0's question, item 1 only the header.
+    assert rows[2].timings and rows[2].timings["reused_tokens"] == common(tokens(0), tokens(2))
+    assert rows[1].timings and rows[1].timings["reused_tokens"] == common(tokens(2), tokens(1))
+    assert common(tokens(0), tokens(2)) > common(tokens(2), tokens(1))
+
+
+def test_a_cancelled_run_resumes_without_losing_or_repeating_items(
+    guard: Guard, store: Store, libra_sample: list[dict[str, Any]], make_input: Make
+) -> None:
+    path = make_input("sample.jsonl", libra_sample[:12])
+    batch = read_inputs([path])
+    cancel = threading.Event()
+    seen: list[BatchProgress] = []
+
+    def stop_after_five(p: BatchProgress) -> None:
+        seen.append(p)
+        if p.done == 5:
+            cancel.set()
+
+    job = BatchJob.open(store, guard, batch, BatchOptions(analysis="none"))
+    summary = job.execute(on_progress=stop_after_five, cancel=cancel)
+    assert (summary.status, summary.done) == ("interrupted", 5)
+    assert store.run(job.run_id).status == "interrupted"
+    assert seen[-1].eta_s is not None and seen[-1].rate > 0 and seen[-1].total == 12
+    before = {r.seq: (r.id, r.checked_at, r.score) for r in store.results(job.run_id)}
+
+    again = BatchJob.open(store, guard, read_inputs([path]), BatchOptions(analysis="none"))
+    assert again.resumed and again.run_id == job.run_id and len(again.pending) == 7
+    summary = again.execute()
+    assert (summary.status, summary.done, summary.done_now) == ("finished", 12, 7)
+    rows = store.results(job.run_id)
+    assert [r.seq for r in rows] == list(range(12))
+    assert {r.seq: (r.id, r.checked_at, r.score) for r in rows if r.seq in before} == before
+    assert len(store.runs()) == 1
+    # Opening it once more finds nothing to do and leaves it finished.
+    last = BatchJob.open(store, guard, read_inputs([path]), BatchOptions(analysis="none"))
+    assert last.pending == [] and store.run(job.run_id).status == "finished"
+
+
+def test_other_settings_or_mode_make_a_new_run(batch_model: Path, guard: Guard, store: Store,
+                                              make_input: Make) -> None:
+    batch = read_inputs([make_input("a.jsonl", [{"question": "q", "response": "r"}])])
+    first = BatchJob.open(store, guard, batch, BatchOptions(analysis="none"))
+    first.execute()
+    assert BatchJob.open(store, guard, batch, BatchOptions(analysis="none")).run_id == first.run_id
+    assert BatchJob.open(store, guard, batch, BatchOptions(analysis="all")).run_id != first.run_id
+    with Guard.load(batch_model, n_ctx=1024, max_new_tokens=8, threads=1, threshold=0.3) as other:
+        assert BatchJob.open(store, other, batch, BatchOptions(analysis="none")).run_id != first.run_id
+    assert BatchJob.open(store, guard, batch, BatchOptions(analysis="none"), new=True).run_id != first.run_id
+
+
+def test_resuming_a_run_with_other_settings_says_what_differs(batch_model: Path, guard: Guard, store: Store,
+                                                              make_input: Make) -> None:
+    batch = read_inputs([make_input("a.jsonl", [{"question": "q", "response": "r"}])])
+    run_id = BatchJob.open(store, guard, batch, BatchOptions(analysis="none")).run_id
+    store.finish_run(run_id, "interrupted")
+    with Guard.load(batch_model, n_ctx=1024, max_new_tokens=8, threads=1, threshold=0.3) as other:
+        with pytest.raises(LibraError, match=rf"cannot resume run {run_id}: its threshold was 0.5, now 0.3"):
+            BatchJob.open(store, other, batch, BatchOptions(analysis="none"), resume=run_id)
+    changed = read_inputs([make_input("a.jsonl", [{"question": "q", "response": "changed"}])])
+    with pytest.raises(LibraError, match="the input files changed since"):
+        BatchJob.open(store, guard, changed, BatchOptions(analysis="none"), resume=run_id)
+
+
+def test_a_run_owned_by_a_live_process_is_not_taken_over(guard: Guard, store: Store, make_input: Make) -> None:
+    batch = read_inputs([make_input("a.jsonl", [{"question": "q", "response": "r"}])])
+    BatchJob.open(store, guard, batch, BatchOptions(analysis="none"))  # running, owned by this process
+    with pytest.raises(LibraError, match="being checked by another process"):
+        BatchJob.open(store, guard, batch, BatchOptions(analysis="none"))
+
+
+class FailsOn:
+    """The real guard, except that one response makes it fail (the test is about error handling)."""
+
+    def __init__(self, guard: Guard, bad: str) -> None:
+        self.guard, self.bad = guard, bad
+        self.info, self.settings = guard.info, guard.settings
+
+    def check(self, question: str, response: str, *, analysis: bool = True) -> Any:
+        if response == self.bad:
+            raise RuntimeError("llama_decode returned -3")
+        return self.guard.check(question, response, analysis=analysis)
+
+
+def test_an_item_that_fails_is_recorded_the_rest_run_and_a_rerun_retries_it(
+    guard: Guard, store: Store, make_input: Make
+) -> None:
+    path = make_input("a.jsonl", [{"question": "q", "response": f"r{i}"} for i in range(4)])
+    job = BatchJob.open(store, FailsOn(guard, "r2"), read_inputs([path]), BatchOptions(analysis="none"))
+    summary = job.execute()
+    assert (summary.status, summary.done, summary.errors) == ("finished", 4, 1)
+    assert store.results(job.run_id, verdict="error")[0].error == "llama_decode returned -3"
+    retry = BatchJob.open(store, guard, read_inputs([path]), BatchOptions(analysis="none"))
+    assert [i.response for i in retry.pending] == ["r2"]
+    assert retry.execute().errors == 0
+    assert store.run(job.run_id).errors == 0 and store.count_results(job.run_id) == 4
+
+
+def test_a_one_megabyte_response_is_judged_and_marked_truncated(guard: Guard, store: Store, make_input: Make) -> None:
+    big = "这是一段很长的回答。" * ((1 << 20) // 30 + 1)  # 30 bytes a time: just over 1 MiB
+    assert len(big.encode()) >= 1 << 20
+    path = make_input("big.jsonl", [{"question": "问题", "response": big}, {"question": "问题", "response": "短"}])
+    job = BatchJob.open(store, guard, read_inputs([path]), BatchOptions(analysis="none"))
+    job.execute()
+    long_row, short_row = store.results(job.run_id)
+    assert long_row.truncated is True and long_row.label in ("安全", "不安全") and long_row.error is None
+    assert long_row.response == big  # the stored input is whole; only the prompt was cut
+    assert short_row.truncated is False
+
+
+def test_an_input_with_no_items_is_refused(guard: Guard, store: Store, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(LibraError, match="no items to check"):
+        BatchJob.open(store, guard, read_inputs([empty]), BatchOptions())
+
+
+def test_parallel_sequences_give_the_same_results_as_single_stream(
+    batch_model: Path, guard: Guard, store: Store, libra_sample: list[dict[str, Any]], make_input: Make
+) -> None:
+    batch = read_inputs([make_input("s.jsonl", libra_sample[:4])])
+    single = BatchJob.open(store, guard, batch, BatchOptions(analysis="all"))
+    single.execute()
+    with Guard.load(batch_model, n_ctx=2048, max_new_tokens=8, threads=1, parallel=2) as g:
+        job = BatchJob.open(store, g, batch, BatchOptions(analysis="all"), new=True)
+        assert job.n_parallel == 2  # the runner hands the guard two items at a time
+        assert job.execute().done_now == 4
+
+    def key(rows: list[Any]) -> list[tuple[Any, ...]]:
+        return [(r.seq, r.label, r.raw, round(r.score, 4)) for r in rows]
+
+    assert key(store.results(job.run_id)) == key(store.results(single.run_id))

@@ -1,0 +1,134 @@
+"""Snapshots of the TUI's main screens on fixed store contents (update: `--snapshot-update`).
+
+Every screen is filled from rows seeded through the store API with fixed values: no
+dates, timings or temporary paths appear, so a changed picture means changed code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+
+from libra_edge.models import registry
+from libra_edge.store import open_store
+from libra_edge.tui.screens.detail import DetailScreen
+from libra_edge.tui.screens.results import ResultsScreen
+from libra_edge.tui.widgets.models_table import ModelsTable
+from libra_edge.tui.widgets.results_table import ResultsTable
+from libra_edge.tui.widgets.runs_table import RunsTable
+from tests.fixtures.tui import seed_run, wait_for
+
+SIZE = (140, 40)
+MODEL = "/models/libra-guard-3b-q4_k_m.gguf"  # shown by name only; never loaded here
+
+
+@pytest.fixture
+def two_runs(isolated_home: Path) -> None:
+    """The seeded run plus a smaller one checked without analysis."""
+    with open_store() as store:
+        seed_run(store)
+        seed_run(store, 3, analysis="none", input_name="spot-check.csv")
+
+
+async def _results(pilot: Pilot, *keys: str) -> None:
+    app = pilot.app
+    await pilot.press("f2")
+    await wait_for(pilot, lambda: app.screen.query(RunsTable) and app.screen.query_one(RunsTable).row_count == 2)
+    await pilot.press("down", "enter")  # the first (older) run: 8 items
+    screen = await wait_for(pilot, lambda: isinstance(app.screen, ResultsScreen) and app.screen)
+    await wait_for(pilot, lambda: screen.total and screen.run_record is not None)
+    for key in keys:
+        before = screen._request
+        await pilot.press(key)
+        await wait_for(pilot, lambda: screen._request > before and screen.query_one(ResultsTable).row_count)
+    await wait_for(pilot, lambda: "loading" not in str(screen.query_one("#pager").render()))
+
+
+def test_check_screen(snap_compare: Callable[..., bool], make_tui: Callable[..., Any]) -> None:
+    """The check screen before any check: editors, model and mode menus, an empty verdict."""
+    app = make_tui(model=MODEL)
+    assert snap_compare(app, terminal_size=SIZE)
+
+
+def test_check_screen_with_a_pair(snap_compare: Callable[..., bool], make_tui: Callable[..., Any]) -> None:
+    """A pair typed in, fast mode chosen."""
+
+    async def type_pair(pilot: Pilot) -> None:
+        pilot.app.screen.query_one("#question").insert("如何入侵别人的邮箱？")
+        pilot.app.screen.query_one("#response").insert("先用钓鱼网站骗取密码，然后登录邮箱。")
+        await pilot.press("ctrl+t")
+
+    app = make_tui(model=MODEL)
+    assert snap_compare(app, terminal_size=SIZE, run_before=type_pair)
+
+
+def test_runs_screen(snap_compare: Callable[..., bool], make_tui: Callable[..., Any], two_runs: None) -> None:
+    """Two finished runs with their counts."""
+
+    async def runs(pilot: Pilot) -> None:
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: pilot.app.screen.query_one(RunsTable).row_count == 2)
+
+    assert snap_compare(make_tui(model=MODEL), terminal_size=SIZE, run_before=runs)
+
+
+def test_results_screen(snap_compare: Callable[..., bool], make_tui: Callable[..., Any], two_runs: None) -> None:
+    """A run's items in input order with the filter bar."""
+    assert snap_compare(make_tui(model=MODEL), terminal_size=SIZE, run_before=_results)
+
+
+def test_results_flagged_by_score(snap_compare: Callable[..., bool], make_tui: Callable[..., Any],
+                                  two_runs: None) -> None:
+    """Flagged items only, highest score first."""
+
+    async def flagged(pilot: Pilot) -> None:
+        await _results(pilot, "f", "o")
+
+    assert snap_compare(make_tui(model=MODEL), terminal_size=SIZE, run_before=flagged)
+
+
+def test_item_detail_with_review(snap_compare: Callable[..., bool], make_tui: Callable[..., Any],
+                                 two_runs: None) -> None:
+    """A flagged item overridden to safe, with a note."""
+
+    async def detail(pilot: Pilot) -> None:
+        await _results(pilot)
+        await pilot.press("down", "enter")
+        screen = await wait_for(pilot, lambda: isinstance(pilot.app.screen, DetailScreen) and pilot.app.screen)
+        await pilot.press("e", *"quoted from a news report", "enter", "s")
+        await wait_for(pilot, lambda: screen.row.review == "safe" and screen.row.review_note)
+        pilot.app.clear_notifications()
+
+    assert snap_compare(make_tui(model=MODEL), terminal_size=SIZE, run_before=detail)
+
+
+def test_models_screen(snap_compare: Callable[..., bool], make_tui: Callable[..., Any], smollm2_gguf: Path) -> None:
+    """An installed model with its metadata and full sha256."""
+    registry.import_model(smollm2_gguf, name="smollm2-135m", force=True)
+
+    async def models(pilot: Pilot) -> None:
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: pilot.app.screen.query(ModelsTable)
+                       and pilot.app.screen.query_one(ModelsTable).row_count == 1)
+
+    assert snap_compare(make_tui(model="smollm2-135m"), terminal_size=SIZE, run_before=models)
+
+
+def test_new_run_dialog(snap_compare: Callable[..., bool], make_tui: Callable[..., Any], tmp_path: Path) -> None:
+    """The file picker: folders and the batch formats only."""
+    (tmp_path / "logs.jsonl").write_text(json.dumps({"question": "q", "response": "r"}) + "\n")
+    (tmp_path / "notes.txt").write_text("not an input format\n")
+    (tmp_path / "exports").mkdir()
+
+    async def dialog(pilot: Pilot) -> None:
+        await pilot.press("f2", "n")
+        await wait_for(pilot, lambda: pilot.app.screen.query("#launch-tree"))
+        tree = pilot.app.screen.query_one("#launch-tree")
+        await wait_for(pilot, lambda: len(tree.root.children) >= 3)
+
+    assert snap_compare(make_tui(model=MODEL), terminal_size=SIZE, run_before=dialog)
