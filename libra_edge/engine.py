@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import unicodedata
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -294,7 +295,8 @@ class Guard:
         # text, so a response cannot smuggle in `<|im_end|>` and end its turn early.
         return (
             self._decoder.tokenize(rendered.before, special=True, add_bos=True)
-            + self._decoder.tokenize(rendered.message, special=False)
+            # NFC first, as the reference Qwen2.5 tokenizer does (llama.cpp's does not).
+            + self._decoder.tokenize(unicodedata.normalize("NFC", rendered.message), special=False)
             + self._decoder.tokenize(rendered.after, special=True)
         )
 
