@@ -20,7 +20,8 @@ class Decoder:
     """Owns the batch, one grammar sampler per sequence and the record of the KV cache.
 
     Sequence 0 carries the last check's prompt, whose prefix (the instruction header)
-    other sequences copy; sequences 1..n_seq-1 serve parallel analyses.
+    other sequences copy; sequences 1..n_seq-1 serve parallel analyses. Each sequence has
+    its own KV stream of `n_ctx_seq` cells (the context is not unified).
     """
 
     def __init__(self, model: Any, ctx: Any, *, n_batch: int, n_ctx: int, n_seq: int = 1) -> None:
@@ -34,6 +35,7 @@ class Decoder:
         self.n_batch = n_batch
         self.n_ctx = n_ctx
         self.n_seq = n_seq
+        self.n_ctx_seq: int = llama_cpp.llama_n_ctx_seq(self._ctx) if n_seq > 1 else n_ctx
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._grammars = [
             llama_cpp.llama_sampler_init_grammar(self._vocab, VERDICT_GRAMMAR.encode("utf-8"), b"root")
@@ -45,7 +47,6 @@ class Decoder:
         self._piece_buf = ctypes.create_string_buffer(256)
         # Tokens whose KV state sits in each sequence, in position order.
         self.kv: list[list[int]] = [[] for _ in range(n_seq)]
-        self._shared = [0] * n_seq  # leading cells a sequence shares with sequence 0
         # Reused arrays for the grammar: the whole vocabulary, and a single candidate.
         self._all = np.zeros(self.n_vocab, dtype=np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True))
         self._all["id"] = np.arange(self.n_vocab, dtype=np.intc)
@@ -117,25 +118,27 @@ class Decoder:
     def start(self, prompt: list[int], seq: int = 0) -> Generation:
         """Begin a generation after `prompt` in `seq`, keeping the common prefix's KV state.
 
-        Sequence 0 keeps what it shares with its previous prompt; another sequence is
-        cleared and takes the prefix it shares with sequence 0 (the instruction header)
-        by reference, without evaluating it again.
+        The longest prefix `prompt` shares with what any sequence holds is not evaluated
+        again: kept in place when `seq` itself holds it (the previous check's header and
+        question), else copied from the sequence that does (parallel analyses of several
+        responses to one question share the header and the question).
         """
-        source = self.kv[0]
-        if seq != 0:
+        limit = len(prompt) - 1  # re-run >= 1 token for logits
+        keep, source = _common_prefix(self.kv[seq], prompt, limit), seq
+        for other in range(self.n_seq):
+            shared = _common_prefix(self.kv[other], prompt, limit) if other != seq else 0
+            if shared > keep:
+                keep, source = shared, other
+        if source == seq:
+            self.truncate(keep, seq)
+        else:
+            # Across KV streams llama.cpp copies whole streams only (the buffer copy runs at
+            # the next decode): take all of `source`, then drop what follows the prefix.
+            memory = self._lc.llama_get_memory(self._ctx)
             self._seq_rm(seq, 0)
-            self.kv[seq] = []
-            self._shared[seq] = 0
-        keep = 0
-        limit = min(len(prompt) - 1, len(source))  # re-run >= 1 token for logits
-        while keep < limit and source[keep] == prompt[keep]:
-            keep += 1
-        if seq == 0:
-            self.truncate(keep)
-        elif keep:
-            self._lc.llama_memory_seq_cp(self._lc.llama_get_memory(self._ctx), 0, seq, 0, keep)
-            self.kv[seq] = source[:keep]
-            self._shared[seq] = keep
+            self._lc.llama_memory_seq_cp(memory, source, seq, -1, -1)
+            self._seq_rm(seq, keep)
+            self.kv[seq] = self.kv[source][:keep]
         self._lc.llama_sampler_reset(self._grammars[seq])
         return Generation(self, prompt[keep:], reused=keep, seq=seq)
 
@@ -148,14 +151,13 @@ class Decoder:
             self._seq_rm(seq, n)
             del self.kv[seq][n:]
 
-    def used_cells(self) -> int:
-        """KV cells in use (a prefix shared between sequences counts once)."""
-        return len(self.kv[0]) + sum(len(k) - n for k, n in zip(self.kv[1:], self._shared[1:]))
+    def _room(self, seq: int, n: int) -> None:
+        if len(self.kv[seq]) + n > self.n_ctx_seq:
+            raise RuntimeError(f"context overflow: {len(self.kv[seq]) + n} > {self.n_ctx_seq} tokens")
 
     def decode(self, tokens: list[int], logits_from: int, seq: int = 0) -> list[np.ndarray]:
         """Evaluate `tokens` after `seq`'s KV state; logits (copies) for tokens[logits_from:]."""
-        if self.used_cells() + len(tokens) > self.n_ctx:
-            raise RuntimeError(f"context overflow: {self.used_cells() + len(tokens)} > {self.n_ctx} tokens")
+        self._room(seq, len(tokens))
         rows: list[np.ndarray] = []
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start : start + self.n_batch]
@@ -167,8 +169,8 @@ class Decoder:
 
     def decode_each(self, steps: list[tuple[int, int]]) -> list[np.ndarray]:
         """One token for each of several sequences, in one batch: [(seq, token)] -> logits."""
-        if self.used_cells() + len(steps) > self.n_ctx:
-            raise RuntimeError(f"context overflow: {self.used_cells() + len(steps)} > {self.n_ctx} tokens")
+        for seq, _tok in steps:
+            self._room(seq, 1)
         rows = self._run([(seq, tok, len(self.kv[seq]), True) for seq, tok in steps])
         for seq, tok in steps:
             self.kv[seq].append(tok)
@@ -237,6 +239,14 @@ class Decoder:
         if reject is None:
             return False
         return reject(text + self.piece(token).decode("utf-8", errors="ignore"))
+
+
+def _common_prefix(held: list[int], prompt: list[int], limit: int) -> int:
+    """How many leading tokens of `prompt` (at most `limit`) `held` starts with."""
+    n, end = 0, min(limit, len(held))
+    while n < end and held[n] == prompt[n]:
+        n += 1
+    return n
 
 
 class Generation:

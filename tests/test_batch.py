@@ -231,3 +231,21 @@ def test_parallel_sequences_give_the_same_results_as_single_stream(
         return [(r.seq, r.label, r.raw, round(r.score, 4)) for r in rows]
 
     assert key(store.results(job.run_id)) == key(store.results(single.run_id))
+
+
+def test_real_trained_weights_write_full_analyses_that_parse_through_parallel_sequences(
+    smollm2_gguf: Path, store: Store, libra_sample: list[dict[str, Any]], make_input: Make
+) -> None:
+    """A trained model writes long, varied analyses; each must still be strict JSON, interleaved
+    across sequences, and stopped cleanly at max_new_tokens."""
+    batch = read_inputs([make_input("s.jsonl", libra_sample[:6])])
+    with Guard.load(smollm2_gguf, n_ctx=4096, max_new_tokens=48, threads=1, parallel=3) as g:
+        job = BatchJob.open(store, g, batch, BatchOptions(analysis="all"))
+        assert job.execute().done_now == 6
+    rows = store.results(job.run_id)
+    assert [r.error for r in rows] == [None] * 6
+    for row in rows:
+        parsed = json.loads(row.raw)  # strict JSON, not just the authors' lenient reader
+        assert list(parsed) == ["答案", "分析"] and parsed["答案"] == row.label
+        assert parsed["分析"] == row.analysis and row.analysis
+        assert row.timings is not None and 0 < row.timings["generated_tokens"] <= 48

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from libra_edge.engine import Guard
-from libra_edge.errors import ModelError
+from libra_edge.errors import LibraError, ModelError
 from libra_edge.prompt import QUESTION_PREFIX, SAFE, UNSAFE, build_user_message
 
 INJECTIONS = [
@@ -235,8 +236,18 @@ def test_parallel_analyses_match_one_at_a_time(tiny_qwen_gguf: Path) -> None:
     with Guard.load(tiny_qwen_gguf, n_ctx=4096, max_new_tokens=20, parallel=3) as many:
         got = many.check_many(pairs, on_verdict=lambda i, v: seen.append(i))
         fast = many.check_many(pairs, analysis=False)
+        header = len(os.path.commonprefix([many.prompt_tokens(*pairs[0]), many.prompt_tokens("甲", "乙")]))
+        prompt_lengths = [len(many.prompt_tokens(*p)) for p in pairs]
     assert seen == list(range(len(pairs)))
     assert [v.raw for v in got] == [v.raw for v in expected]
     assert [v.score for v in got] == pytest.approx([v.score for v in expected], abs=1e-4)
     assert [v.label for v in fast] == [v.label for v in expected]
     assert all(v.analysis is None for v in fast)
+    # Every sequence starts from a copy of the instruction header's KV state, never re-runs it.
+    assert header > 20
+    assert all(v.timings.reused_tokens >= header for v in got[1:])
+    # The repeated question (sequence 2) is copied from sequence 1, question included.
+    assert got[2].timings.reused_tokens >= header + 12
+    assert [v.timings.evaluated_tokens + v.timings.reused_tokens for v in got] == prompt_lengths
+    with pytest.raises(LibraError, match="closed"):
+        many.prompt_tokens("甲", "乙")

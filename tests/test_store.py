@@ -204,6 +204,16 @@ def test_score_range_source_and_category_filters_combine(filled: tuple[Store, in
     assert store.count_results(run_id, category="违法犯罪") == 4
 
 
+def test_a_filter_object_and_keyword_criteria_select_the_same_rows(filled: tuple[Store, int]) -> None:
+    store, run_id = filled
+    flt = ResultFilter(verdict="safe", category="违法犯罪")
+    assert seqs(store.results(run_id, flt)) == seqs(store.results(run_id, verdict="safe", category="违法犯罪"))
+    assert store.count_results(run_id, flt) == len(store.results(run_id, flt)) == 2
+    assert seqs(store.results(run_id, flt, verdict="all")) == [0, 1, 3, 4]  # a keyword overrides that field
+    with pytest.raises(TypeError, match="colour"):
+        store.count_results(run_id, colour="red")
+
+
 def test_search_finds_chinese_substrings_of_any_length(filled: tuple[Store, int]) -> None:
     store, run_id = filled
     assert seqs(store.results(run_id, search="麻黄碱")) == [1]  # 3+ characters: full-text index
@@ -351,3 +361,24 @@ def test_a_reader_sees_results_while_a_writer_process_holds_the_database(tmp_pat
         assert writer.wait() == 0
         assert reader.count_results(run_id) == 200
     assert seen == sorted(seen)  # never an error, never going backwards
+
+
+def test_a_transaction_commits_all_its_writes_at_once_or_none(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    with open_store(db) as store:
+        run_id = new_run(store, total=4)
+        with store.transaction():
+            add(store, run_id, 0)
+            add(store, run_id, 1)
+            with store.transaction():  # nested: joins the outer one
+                add(store, run_id, 2)
+            other = sqlite3.connect(db)
+            assert other.execute("SELECT count(*) FROM results").fetchone()[0] == 0  # not yet visible
+        assert other.execute("SELECT count(*) FROM results").fetchone()[0] == 3
+        with pytest.raises(RuntimeError, match="boom"), store.transaction():
+            add(store, run_id, 3)
+            raise RuntimeError("boom")
+        assert store.count_results(run_id) == 3 and other.execute("SELECT count(*) FROM results").fetchone()[0] == 3
+        add(store, run_id, 3)  # outside a transaction each write commits on its own again
+        assert other.execute("SELECT count(*) FROM results").fetchone()[0] == 4
+        other.close()

@@ -27,9 +27,9 @@ AnalysisMode = Literal["all", "flagged", "none"]
 ANALYSIS_MODES: tuple[str, ...] = ("all", "flagged", "none")
 
 # Engine settings that change speed but not verdicts: a run may resume with other values.
-# (`parallel` splits the context between sequences, which moves the truncation point of
-# inputs longer than a share: a resumed run may mix the two for such items only.)
-_UNFINGERPRINTED = ("threads", "gpu_layers", "gpu_offload_compiled", "parallel", "n_batch")
+# (`n_ctx` is the whole context, `parallel` sequences' worth; what decides truncation, and
+# so verdicts, is each sequence's share, `n_ctx_seq`, which stays in the fingerprint.)
+_UNFINGERPRINTED = ("threads", "gpu_layers", "gpu_offload_compiled", "parallel", "n_batch", "mmap", "n_ctx")
 
 
 class GuardLike(Protocol):

@@ -86,8 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256, metavar="N",
                    help="longest analysis in tokens (default: 256, as the authors)")
     p.add_argument("--parallel", type=int, default=1, metavar="N",
-                   help="generate up to N analyses at once (parallel sequences sharing one context; "
-                   "the context is split between them). Default: 1")
+                   help="generate up to N analyses at once, as parallel sequences in one llama.cpp "
+                   "context; each gets --ctx tokens, so KV memory grows N times. Pays off where the CPU "
+                   "has cores to spare or with GPU offload. Default: 1")
     add_model_options(p)
     p.set_defaults(func=run)
 
@@ -115,6 +116,7 @@ def _run_batch(args: argparse.Namespace, store: Store) -> int:
     if not 1 <= args.parallel <= 64:
         raise LibraError(f"--parallel: must be between 1 and 64, got {args.parallel}")
     load_options["parallel"] = args.parallel
+    load_options["n_ctx"] = args.ctx * args.parallel  # --ctx is each sequence's share
     analysis = "none" if args.fast else args.analysis
     fields = FieldMap(question=args.question_field, response=args.response_field, id=args.id_field)
     model: str | None = args.model

@@ -11,6 +11,7 @@ from typing import Any
 from libra_edge import paths
 from libra_edge.cli.common import add_verbose_option
 from libra_edge.errors import ExitCode
+from libra_edge.units import human_size
 
 RAW = argparse.RawDescriptionHelpFormatter
 
@@ -147,23 +148,12 @@ class _ProgressLine:
         pct = done * 100 // total if total else 100
         if self.enabled and pct != self.last:
             self.last = pct
-            print(f"\r{self.label}: {pct:3d}% ({_size(done)} / {_size(total)})",
+            print(f"\r{self.label}: {pct:3d}% ({human_size(done)} / {human_size(total)})",
                   end="", file=sys.stderr, flush=True)
 
     def finish(self) -> None:
         if self.enabled and self.last >= 0:
             print(file=sys.stderr)
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} GB"
 
 
 def _params(n: int | None) -> str:
@@ -196,7 +186,7 @@ def run_list(args: argparse.Namespace) -> int:
             continue
         source = mf.source_repo + (f"@{mf.source_commit[:12]}" if mf.source_commit else "") \
             if mf.source_repo else f"imported {mf.imported_from or ''}".strip()
-        table.append(("*" if m.name == default else "", m.name, mf.quant, _size(mf.size),
+        table.append(("*" if m.name == default else "", m.name, mf.quant, human_size(mf.size),
                       mf.architecture or "?", source))
     _print_table(table)
     return ExitCode.OK
@@ -246,7 +236,7 @@ def run_info(args: argparse.Namespace) -> int:
     rows = [
         ("name", model.name if model else "(not installed)"),
         ("file", str(path)),
-        ("size", f"{_size(info.file_size)} ({info.file_size:,} bytes)"),
+        ("size", f"{human_size(info.file_size)} ({info.file_size:,} bytes)"),
         ("architecture", info.architecture or "?"),
         ("quantization", info.quant),
         ("parameters", f"{_params(info.n_params)} ({info.n_params:,}, {info.n_tensors} tensors)"),
@@ -308,7 +298,7 @@ def run_import(args: argparse.Namespace) -> int:
 def _installed_message(model: Any, default: str | None) -> None:
     mf = model.manifest
     source = f" from {mf.source_repo}@{(mf.source_commit or '?')[:12]}" if mf.source_repo else ""
-    print(f"installed {model.name}{source} ({mf.quant}, {_size(mf.size)}, "
+    print(f"installed {model.name}{source} ({mf.quant}, {human_size(mf.size)}, "
           f"sha256 {mf.sha256[:16]}…)", file=sys.stderr)
     if default == model.name:
         print(f"{model.name} is the default model", file=sys.stderr)

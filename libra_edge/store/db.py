@@ -9,12 +9,14 @@ a process dying; only a power cut can lose the last few commits).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import socket
 import sqlite3
 import threading
+from contextlib import contextmanager
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import Any, TextIO
 from libra_edge import paths
 from libra_edge.errors import LibraError
 from libra_edge.store import export as export_format
-from libra_edge.store.filters import Order, ResultFilter, VerdictFilter, order_sql
+from libra_edge.store.filters import Order, ResultFilter, order_sql
 from libra_edge.store.migrations import MIGRATIONS, split_statements
 from libra_edge.store.rows import (
     REVIEW_DECISIONS,
@@ -123,6 +125,26 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Store]:
+        """Group writes into one commit (bulk imports): everything inside is committed at the
+        end, or nothing if it raises. Other threads' calls wait; nested use joins the outer one.
+
+        Each write outside a transaction commits on its own, which is what makes a batch run
+        crash-safe; use this only where losing the whole group together is acceptable.
+        """
+        with self._lock:
+            if self._conn.in_transaction:
+                yield self
+                return
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
 
     @property
     def schema_version(self) -> int:
@@ -262,21 +284,17 @@ class Store:
     def results(
         self,
         run_id: int,
+        filters: ResultFilter | None = None,
         *,
-        verdict: VerdictFilter = "all",
-        review: str | None = None,
-        min_score: float | None = None,
-        max_score: float | None = None,
-        source: str | None = None,
-        category: str | None = None,
-        search: str | None = None,
         order: Order = "seq",
         limit: int | None = None,
         offset: int = 0,
+        **criteria: Any,
     ) -> list[ResultRow]:
-        """A page of a run's results matching the filters (see `ResultFilter`)."""
-        flt = ResultFilter(verdict=verdict, review=review, min_score=min_score, max_score=max_score,
-                           source=source, category=category, search=search)
+        """A page of a run's results matching `filters` and/or `ResultFilter` fields given as
+        keywords (`verdict="flagged"`, `review=`, `min_score=`, `max_score=`, `source=`,
+        `category=`, `search=`); keywords override the same field of `filters`."""
+        flt = _result_filter(filters, criteria)
         return list(self.iter_results(run_id, flt, order=order, limit=limit, offset=offset))
 
     def iter_results(
@@ -301,22 +319,9 @@ class Store:
             if remaining is not None:
                 remaining -= page
 
-    def count_results(
-        self,
-        run_id: int,
-        *,
-        verdict: VerdictFilter = "all",
-        review: str | None = None,
-        min_score: float | None = None,
-        max_score: float | None = None,
-        source: str | None = None,
-        category: str | None = None,
-        search: str | None = None,
-    ) -> int:
-        """How many of a run's results match the filters (for the pager)."""
-        flt = ResultFilter(verdict=verdict, review=review, min_score=min_score, max_score=max_score,
-                           source=source, category=category, search=search)
-        where, params = flt.where(run_id)
+    def count_results(self, run_id: int, filters: ResultFilter | None = None, **criteria: Any) -> int:
+        """How many of a run's results match (the same selection as `results`; for pagers)."""
+        where, params = _result_filter(filters, criteria).where(run_id)
         with self._lock:
             return int(self._conn.execute(f"SELECT count(*) FROM results WHERE {where}", params).fetchone()[0])
 
@@ -404,3 +409,12 @@ class Store:
                 "INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)",
                 (str(p), st.st_size, st.st_mtime_ns, value))
         return value
+
+
+def _result_filter(filters: ResultFilter | None, criteria: Mapping[str, Any]) -> ResultFilter:
+    """`filters` (default: everything) with the keyword criteria applied on top."""
+    base = filters or ResultFilter()
+    unknown = set(criteria) - set(ResultFilter.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown result filter field(s): {', '.join(sorted(unknown))}")
+    return dataclasses.replace(base, **criteria) if criteria else base

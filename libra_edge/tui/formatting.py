@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rich.text import Text
 
+from libra_edge import units
 from libra_edge.prompt import UNSAFE
 
 REVIEW_WORDS = {"confirm": "confirmed", "safe": "→ 安全", "unsafe": "→ 不安全"}
@@ -17,15 +18,8 @@ def score_text(score: float | None) -> str:
 
 
 def human_size(n: int | None) -> str:
-    """Bytes as B / KB / MB / GB (decimal units, as disks are sold)."""
-    if n is None:
-        return "—"
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"
+    """Bytes as B / KB / MB / GB (decimal units, as disks are sold); `—` when unknown."""
+    return units.human_size(n, missing="—")
 
 
 def preview(text: str | None, width: int = 48) -> str:

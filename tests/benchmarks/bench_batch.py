@@ -91,7 +91,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="?", default=str(DEFAULT_MODEL))
     parser.add_argument("-n", "--items", type=int, default=24, help="items per mode (default 24)")
-    parser.add_argument("--modes", default="none,flagged,all", help="analysis modes to time (default all three)")
+    parser.add_argument("--modes", default="none,flagged,all",
+                        help="analysis modes to time, comma-separated (default all three; '' for none)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--ctx", type=int, default=2048)
     parser.add_argument("--max-new-tokens", type=int, default=64, help="analysis length cap (default 64)")
@@ -115,7 +116,7 @@ def main() -> int:
         items_file.write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items), encoding="utf-8")
         print(f"model {model.name}; {len(items)} Libra-style items (3 responses per question, shuffled); "
               f"max_new_tokens {args.max_new_tokens}")
-        for mode in args.modes.split(","):
+        for mode in (m for m in args.modes.split(",") if m):
             r = bench_mode(model, items_file, mode, threads=args.threads, max_new_tokens=args.max_new_tokens,
                            n_ctx=args.ctx)
             label = {"none": "--fast", "flagged": "--analysis flagged", "all": "full analysis"}[mode]
@@ -126,7 +127,8 @@ def main() -> int:
             r = bench_mode(model, items_file, "all", threads=args.threads, max_new_tokens=args.max_new_tokens,
                            n_ctx=args.ctx, parallel=n)
             print(f"{f'analysis, {n} parallel':>20}: {r['items_per_s']:.3f} items/s ({r['items']} in "
-                  f"{r['seconds']:.1f}s; {r['generated_per_item']:.0f} tokens generated/item)")
+                  f"{r['seconds']:.1f}s; prompt reuse {r['reused_share']:.0%}; "
+                  f"{r['generated_per_item']:.0f} tokens generated/item)")
     return 0
 
 

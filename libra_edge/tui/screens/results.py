@@ -102,9 +102,7 @@ class ResultsScreen(Screen[None]):
     def _fetch(self, request: int, flt: ResultFilter, order: Order, offset: int) -> None:
         store = self.libra.session.store
         try:
-            total = store.count_results(
-                self.run_id, verdict=flt.verdict, review=flt.review, min_score=flt.min_score,
-                max_score=flt.max_score, source=flt.source, category=flt.category, search=flt.search)
+            total = store.count_results(self.run_id, flt)
             if offset >= total:  # the list shrank (a filter, a review): show its last page
                 offset = max(0, (total - 1) // PAGE_SIZE * PAGE_SIZE)
             rows = list(store.iter_results(self.run_id, flt, order=order, limit=PAGE_SIZE, offset=offset))
