@@ -244,3 +244,23 @@ def test_help_teaches_the_output_format(cli: list[str], cli_env: dict[str, str])
     assert proc.returncode == 0
     assert "critic" in proc.stdout and "verdict" in proc.stdout and "--resume" in proc.stdout
     assert "examples:" in proc.stdout
+
+
+def test_parallel_gives_each_sequence_the_full_ctx_and_resumes_as_the_same_run(
+    batch_cmd: list[str], cli_env: dict[str, str], libra_sample: list[dict[str, Any]], make_input: Make,
+    tmp_path: Path, isolated_home: Path,
+) -> None:
+    src = make_input("s.jsonl", libra_sample[:4])
+    out = tmp_path / "par.jsonl"
+    proc = run([*batch_cmd, str(src), "--parallel", "2", "-o", str(out)], cli_env)
+    assert proc.returncode == 0, proc.stderr
+    rows = read_jsonl(out)
+    assert [r["id"] for r in rows] == [s["id"] for s in libra_sample[:4]]
+    assert all(json.loads(r["critic"])["答案"] == r["verdict"]["label"] for r in rows)
+    with open_store(isolated_home / "libra-edge.db") as store:
+        settings = store.runs()[0].settings
+    assert (settings["parallel"], settings["n_ctx"], settings["n_ctx_seq"]) == (2, 2048, 1024)
+    # Single-stream with the same --ctx is the same run: nothing is checked twice.
+    again = run([*batch_cmd, str(src)], cli_env)
+    assert again.returncode == 0, again.stderr
+    assert "4 already done" in again.stderr and "nothing left to check" in again.stderr

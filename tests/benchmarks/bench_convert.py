@@ -6,7 +6,9 @@ Each step runs in its own child process; peak RSS is that child's ru_maxrss (os.
 Steps: HF (bf16 safetensors) -> F16 GGUF, and F16 -> Q4_K_M with llama.cpp's quantizer in
 process; `--end-to-end` adds HF -> Q4_K_M through `libra-edge convert`. With LLAMA_CPP_DIR
 pointing at a llama.cpp checkout (outside this repo), its convert_hf_to_gguf.py and
-llama-quantize (if built) run on the same checkpoint for comparison. Reference figures for
+llama-quantize (if built: `cmake -B build && cmake --build build --target llama-quantize`) run on
+the same checkpoint for comparison; its converter runs with this venv's torch/transformers
+and imports `sentencepiece` even for BPE vocabularies, so that must be importable too. Reference figures for
 llama.cpp's own tools on this machine (issue #3): HF->F16 34.5 s / 2.25 GB, F16->Q4_K_M
 107 s / 2.15 GB. The checkpoint and outputs stay in .bench/ for reuse.
 """
@@ -17,6 +19,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,11 +32,15 @@ F16 = BENCH / "qwen2.5-3b-random-f16.gguf"
 
 def measure(label: str, cmd: list[str]) -> tuple[float, float]:
     """Run `cmd` as a child; print and return (wall seconds, peak RSS in GB)."""
-    started = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.monotonic() - started
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    # stderr goes to a file, not a pipe: a chatty child (llama-quantize logs every tensor)
+    # would fill the pipe and block while we wait for it to exit.
+    with tempfile.TemporaryFile() as log:
+        started = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - started
+        log.seek(0)
+        err = log.read().decode(errors="replace")
     if os.waitstatus_to_exitcode(status) != 0:
         print(f"{label}: FAILED\n{err[-2000:]}", file=sys.stderr)
         return wall, float("nan")
