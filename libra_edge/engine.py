@@ -238,7 +238,8 @@ class Guard:
         """Load a GGUF model (path, or installed model name) for checking.
 
         `parallel` > 1 lets `check_many` generate that many analyses at once (one llama.cpp
-        context, one sequence each; the instruction header's KV state is shared).
+        context, one sequence each with `n_ctx / parallel` tokens of its own; a sequence
+        starts from a copy of the header's KV state rather than evaluating it again).
         `mmap=True` maps the file instead of reading it: processes then share the weights
         through the page cache, but on CPUs where llama.cpp repacks quantized tensors the
         mapped pages stay resident beside the repacked copy (more memory per process).
