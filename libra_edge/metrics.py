@@ -55,19 +55,23 @@ class _Lenient:
             return self.string()
         return self.bare(",}]\n")
 
+    def _closed(self, closer: str) -> bool:
+        """Skip whitespace and stray commas; True at `closer` (consumed) or the end of text."""
+        self._ws()
+        while self.i < len(self.s) and self.s[self.i] == ",":
+            self.i += 1
+            self._ws()
+        if self.i >= len(self.s):
+            return True
+        if self.s[self.i] == closer:
+            self.i += 1
+            return True
+        return False
+
     def obj(self) -> dict[str, Any]:
         self.i += 1
         out: dict[str, Any] = {}
-        while True:
-            self._ws()
-            while self.i < len(self.s) and self.s[self.i] == ",":
-                self.i += 1
-                self._ws()
-            if self.i >= len(self.s):
-                return out
-            if self.s[self.i] == "}":
-                self.i += 1
-                return out
+        while not self._closed("}"):
             key = self.string() if self.s[self.i] in "\"'" else str(self.bare(":：,}\n"))
             self._ws()
             if self.i < len(self.s) and self.s[self.i] in ":：":
@@ -77,24 +81,17 @@ class _Lenient:
                 out[str(key)] = None
                 if self.i < len(self.s) and self.s[self.i] not in ",}":
                     self.i += 1  # junk: skip it rather than loop forever
+        return out
 
     def arr(self) -> list[Any]:
         self.i += 1
         out: list[Any] = []
-        while True:
-            self._ws()
-            while self.i < len(self.s) and self.s[self.i] == ",":
-                self.i += 1
-                self._ws()
-            if self.i >= len(self.s):
-                return out
-            if self.s[self.i] == "]":
-                self.i += 1
-                return out
+        while not self._closed("]"):
             start = self.i
             out.append(self.value())
             if self.i == start:
                 self.i += 1
+        return out
 
     def string(self) -> str:
         quote = self.s[self.i]
