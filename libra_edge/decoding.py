@@ -33,7 +33,6 @@ class Decoder:
         self._vocab = model.vocab
         self.n_vocab: int = model.n_vocab()
         self.n_batch = n_batch
-        self.n_ctx = n_ctx
         self.n_seq = n_seq
         self.n_ctx_seq: int = llama_cpp.llama_n_ctx_seq(self._ctx) if n_seq > 1 else n_ctx
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
