@@ -7,14 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from convert.safetensors_reader import TensorRef, read_tensor_refs
+from .safetensors_reader import TensorRef, read_tensor_refs
 from libra_edge.errors import ConversionError
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 # Weight formats that are Python pickles: loading one can execute arbitrary code.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 # Optional file beside the weights recording where they came from (written by `models pull`).
 SOURCE_FILE = "libra_edge_source.json"
 
@@ -66,11 +65,6 @@ def open_checkpoint(path: Path) -> Checkpoint:
     archs = config.get("architectures")
     if not isinstance(archs, list) or not archs or not isinstance(archs[0], str):
         raise ConversionError(f"{config_path}: no `architectures` list naming the model class")
-    for name in TOKENIZER_FILES:
-        if not (path / name).is_file():
-            raise ConversionError(
-                f"{path / name}: missing (the tokenizer must be converted with the weights)"
-            )
     files = _weight_files(path)
     tensors: dict[str, TensorRef] = {}
     for file in files:

@@ -7,12 +7,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from convert.outtypes import OUTTYPES
+from .outtypes import OUTTYPES
 from libra_edge.errors import ConversionError, ExitCode, LibraError
 
 DESCRIPTION = """\
-Convert a Hugging Face Libra-Guard checkpoint (Qwen2.5, safetensors) into one GGUF file
-for llama.cpp: weights, the complete tokenizer and chat template, and provenance metadata.
+Convert a Hugging Face Libra-Guard checkpoint (safetensors; Qwen2.5, Yi-1.5 or Qwen1 base)
+into one GGUF file for llama.cpp: weights, the complete tokenizer and chat template, and
+provenance metadata. The checkpoint's own Python code is never imported or run.
 Quantized types are produced by llama.cpp's own quantizer, in process.
 """
 
@@ -28,6 +29,8 @@ q6_k, q5_k_m, q4_k_m (smallest that usually keeps verdicts), q5_k_s, q4_k_s, q3_
 q4_0, q4_1, q5_0, q5_1.
 
 --verify needs the optional extra: pip install 'libra-edge[verify]' (torch, transformers).
+architectures: Qwen2ForCausalLM (tokenizer.json), LlamaForCausalLM (tokenizer.model),
+QWenLMHeadModel (qwen.tiktoken; --verify is not available: transformers has no Qwen1 class).
 Pickle weights (.bin/.pt) are refused: use the model's safetensors release.
 """
 
@@ -60,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out a parsed `convert` command line; returns the exit code."""
-    from convert.pipeline import convert_checkpoint, plan_conversion
+    from .pipeline import convert_checkpoint, plan_conversion
 
     if args.threads is not None and args.threads < 1:
         raise LibraError(f"--threads: must be at least 1, got {args.threads}")
@@ -76,8 +79,9 @@ def run(args: argparse.Namespace) -> int:
     if args.verify and args.vocab_only:
         raise LibraError("convert: --verify needs weights; drop --vocab-only")
     if args.verify:
-        from convert.verify import _require_reference
+        from .verify import _require_reference
 
+        _require_verifiable(args.src)
         _require_reference()  # fail before a long conversion, not after it
     result = convert_checkpoint(
         args.src, args.outfile, outtype=args.outtype, vocab_only=args.vocab_only,
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {result.path} ({kind}, {result.file_size / 2**20:.1f} MiB, {result.n_tensors} tensors, "
           f"{result.n_params:,} parameters, {result.seconds:.1f} s)")
     if args.verify:
-        from convert.verify import verify
+        from .verify import verify
 
         report = verify(args.src, result.path, threads=args.threads, verbose=args.verbose)
         print("\n".join(report.lines()))
@@ -97,6 +101,19 @@ def run(args: argparse.Namespace) -> int:
                 f"{result.path}: verification failed (tokens or verdicts differ from the checkpoint; the file is kept)"
             )
     return int(ExitCode.OK)
+
+
+def _require_verifiable(src: Path) -> None:
+    """--verify runs the checkpoint with transformers: refuse architectures it has no class for."""
+    from .architectures import spec_for
+    from .checkpoint import open_checkpoint
+
+    spec = spec_for(open_checkpoint(src))
+    if not spec.transformers_reference:
+        raise LibraError(
+            f"convert: --verify cannot run {spec.hf_architecture} (transformers has no class for it and "
+            "checkpoint code is never run); drop --verify"
+        )
 
 
 def build_parser(prog: str = "python -m convert") -> argparse.ArgumentParser:
@@ -109,9 +126,9 @@ def build_parser(prog: str = "python -m convert") -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m convert") -> int:
     """Standalone entry point: same error handling as `libra-edge` (one line, exit code)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     try:
         return run(args)
     except LibraError as exc:

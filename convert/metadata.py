@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import gguf
 
-from convert.checkpoint import Checkpoint
+from .checkpoint import Checkpoint
 from libra_edge import __version__
-from libra_edge.prompt import PROMPT_TEMPLATE_VERSION
+from libra_edge.engine.prompt import PROMPT_TEMPLATE_VERSION
 
 # libra-edge's own keys (a GGUF namespace of its own, read back by the engine).
 KEY_PROMPT_TEMPLATE = "libra_edge.prompt_template"

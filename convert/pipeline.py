@@ -9,14 +9,14 @@ from typing import Any, TextIO
 
 import gguf
 
-from convert.architectures import ModelSpec, spec_for
-from convert.checkpoint import Checkpoint, open_checkpoint
-from convert.metadata import Provenance, add_metadata
-from convert.progress import Progress
-from convert.outtypes import OUTTYPES, QUANT_FTYPES
-from convert.quantize import quantize_gguf
-from convert.tensors import DIRECT_TYPES, FILE_TYPES, ConvertedTensor, output_type_for
-from convert.vocab import VocabSummary, add_vocab
+from .architectures import ModelSpec, spec_for
+from .checkpoint import Checkpoint, open_checkpoint
+from .metadata import Provenance, add_metadata
+from .progress import Progress
+from .outtypes import OUTTYPES, QUANT_FTYPES
+from .quantize import quantize_gguf
+from .tensors import DIRECT_TYPES, FILE_TYPES, ConvertedTensor, output_type_for
+from .vocab import VocabSummary
 from libra_edge.errors import ConversionError
 
 
@@ -54,6 +54,10 @@ class ConversionPlan:
         """The `--dry-run` listing: metadata, then one line per tensor."""
         print(f"# {self.checkpoint.path} ({self.spec.hf_architecture}) -> {self.spec.arch_name}, "
               f"{self.outtype.upper()}, {self.n_params:,} parameters", file=out)
+        v = self.vocab
+        print(f"# tokenizer: {v.tokenizer_model} ({v.pre_tokenizer}), {v.n_tokens:,} tokens "
+              f"({v.n_control} control, {v.n_user_defined} user-defined, {v.n_byte} byte, {v.n_padding} padding), "
+              f"{v.n_merges:,} merges; chat template from {v.chat_template_source}", file=out)
         print("# metadata", file=out)
         for key, value in self.metadata():
             print(f"{key} = {value!r}" if isinstance(value, str) else f"{key} = {value}", file=out)
@@ -94,7 +98,10 @@ def plan_conversion(
     spec = spec_for(checkpoint)
     planned = [] if vocab_only else spec.plan_tensors()
     write_type = _write_type(checkpoint, outtype)
-    tensors = [ConvertedTensor(p.gguf_name, p.source, output_type_for(p.source, write_type)) for p in planned]
+    tensors = [
+        ConvertedTensor(p.gguf_name, p.source, output_type_for(p.source, write_type), p.transform)
+        for p in planned
+    ]
     n_params = sum(t.source.n_elements for t in tensors)
 
     writer = gguf.GGUFWriter(None, spec.arch_name)
@@ -102,7 +109,7 @@ def plan_conversion(
     add_metadata(writer, checkpoint, n_params=n_params, provenance=provenance, name=name)
     spec.add_hparams(writer)
     writer.add_file_type(FILE_TYPES[write_type])
-    vocab = add_vocab(writer, checkpoint, spec.vocab_size)
+    vocab = spec.add_vocab(writer)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     for t in tensors:
         writer.add_tensor_info(t.name, t.shape, t.dtype, t.nbytes, raw_dtype=t.raw_dtype)

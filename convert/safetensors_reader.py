@@ -8,6 +8,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -91,7 +92,7 @@ class TensorRef:
         return bits.view(np.float32)
 
 
-def read_header(path: Path) -> tuple[dict[str, dict], int]:
+def read_header(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
     """Parse one safetensors file's JSON header; returns (entries, start of the data section)."""
     try:
         size = path.stat().st_size

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
 import gguf
 import numpy as np
 
-from convert.safetensors_reader import TensorRef
+from .safetensors_reader import TensorRef
 from libra_edge.errors import ConversionError
 
 # Output types written directly (everything else goes through llama.cpp's quantizer).
@@ -47,7 +47,7 @@ def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     """Round float32 to bfloat16 (nearest, ties to even) and return the 16-bit patterns."""
     bits = x.view(np.uint32)
     rounded = bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))
-    out = (rounded >> 16).astype(np.uint16)
+    out: np.ndarray = (rounded >> 16).astype(np.uint16)
     nan = np.isnan(x)
     if nan.any():  # rounding could turn a NaN payload into infinity: keep it a quiet NaN
         out[nan] = ((bits[nan] >> 16) | np.uint32(0x40)).astype(np.uint16)
@@ -62,10 +62,15 @@ class ConvertedTensor:
     GIL), so every core is busy and only a few blocks are ever in memory.
     """
 
-    def __init__(self, name: str, source: TensorRef, outtype: str) -> None:
+    def __init__(
+        self, name: str, source: TensorRef, outtype: str,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
         self.name = name
         self.source = source
         self.outtype = outtype
+        # A whole-tensor reordering (the Llama q/k row permutation): read whole, as float32.
+        self.transform = transform
         self.shape = source.shape
         self.raw_dtype = DIRECT_TYPES[outtype]
         self.dtype = np.dtype({"f32": np.float32, "f16": np.float16, "bf16": np.uint16}[outtype])
@@ -73,7 +78,10 @@ class ConvertedTensor:
 
     def _blocks(self) -> Iterator[np.ndarray]:
         """Source blocks (float32, or raw bytes when no conversion is needed)."""
-        if SAME_DTYPE[self.outtype] == self.source.dtype:
+        if self.transform is not None:
+            # float32 holds every bf16/f16 value exactly: a reordered copy stays bit-exact.
+            yield np.ascontiguousarray(self.transform(self.source.read_f32()), dtype=np.float32)
+        elif SAME_DTYPE[self.outtype] == self.source.dtype:
             yield from self.source.iter_raw(BLOCK_BYTES)
         else:
             yield from self.source.iter_rows_f32(BLOCK_BYTES)
@@ -109,7 +117,7 @@ class ConvertedTensor:
 
 
 def _write(fout: BinaryIO, data: np.ndarray) -> int:
-    view = memoryview(np.ascontiguousarray(data)).cast("B")
+    view = np.ascontiguousarray(data).data.cast("B")
     fout.write(view)
     return view.nbytes
 

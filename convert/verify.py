@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from libra_edge.errors import ConversionError
-from libra_edge.prompt import SAFE, UNSAFE, build_user_message
+from libra_edge.engine.prompt import SAFE, UNSAFE, build_user_message
 
 # The assistant text before the verdict, in the layout the prompt's format example shows
 # (the engine drafts the same opening); the next token's distribution decides the label.
@@ -136,7 +136,8 @@ def label_first_tokens(tokenizer: Any, label: str) -> list[int]:
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - float(np.max(logits))
     e = np.exp(z)
-    return e / e.sum()
+    out: np.ndarray = e / e.sum()
+    return out
 
 
 def _p_unsafe(p: np.ndarray, unsafe: list[int], safe: list[int]) -> float:
@@ -156,9 +157,7 @@ def verify(
 ) -> VerifyReport:
     """Compare the GGUF with its source checkpoint at the verdict position of Libra prompts."""
     torch, transformers = _require_reference()
-    import llama_cpp
-
-    from convert.quantize import quiet_c_output
+    from libra_edge.engine import llama as llama_seam
 
     source, gguf_path = Path(source), Path(gguf_path)
     if not verbose:
@@ -167,43 +166,35 @@ def verify(
     model = transformers.AutoModelForCausalLM.from_pretrained(
         source, dtype=torch.float32, trust_remote_code=False
     ).eval()
-    with quiet_c_output(not verbose):
-        llm = llama_cpp.Llama(
-            str(gguf_path), n_ctx=n_ctx, n_threads=threads, verbose=verbose, logits_all=False
-        )
     unsafe, safe = label_first_tokens(tokenizer, UNSAFE), label_first_tokens(tokenizer, SAFE)
     if not unsafe or not safe:
         raise ConversionError(f"{source}: the tokenizer cannot start the labels {UNSAFE}/{SAFE}")
     report = VerifyReport(source, gguf_path)
-    try:
-        for question, response in pairs:
-            messages = [{"role": "user", "content": build_user_message(question, response)}]
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            text += VERDICT_PREFIX
-            ids = tokenizer.encode(text, add_special_tokens=False)
-            gguf_ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-            if len(ids) > n_ctx:
-                raise ConversionError(f"verify: a prompt has {len(ids)} tokens, more than n_ctx={n_ctx}")
-            with torch.no_grad():
-                ref = model(torch.tensor([ids])).logits[0, -1].float().numpy()
-            # Both sides get the source's token ids, so the logits compare the weights alone.
-            llm.reset()
-            with quiet_c_output(not verbose):
-                llm.eval(ids)
-            got = np.ctypeslib.as_array(
-                llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)
-            ).copy()
-            p, q = _softmax(ref), _softmax(got[: ref.shape[0]])
-            kl = float(np.sum(p * (np.log(p + 1e-300) - np.log(q + 1e-300))))
-            pu_s, pu_g = _p_unsafe(p, unsafe, safe), _p_unsafe(q, unsafe, safe)
-            report.rows.append(PromptComparison(
-                tokens=len(ids), tokens_match=gguf_ids == ids,
-                top1_source=int(np.argmax(ref)), top1_gguf=int(np.argmax(got)),
-                kl=max(0.0, kl) if math.isfinite(kl) else float("inf"),
-                p_unsafe_source=pu_s, p_unsafe_gguf=pu_g,
-                verdict_source=UNSAFE if pu_s >= threshold else SAFE,
-                verdict_gguf=UNSAFE if pu_g >= threshold else SAFE,
-            ))
-    finally:
-        llm.close()
+    texts, id_lists = [], []
+    for question, response in pairs:
+        messages = [{"role": "user", "content": build_user_message(question, response)}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text += VERDICT_PREFIX
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) > n_ctx:
+            raise ConversionError(f"verify: a prompt has {len(ids)} tokens, more than n_ctx={n_ctx}")
+        texts.append(text)
+        id_lists.append(ids)
+    llama_seam.set_logging(verbose)
+    # Both sides get the source's token ids, so the logits compare the weights alone.
+    gguf_rows, gguf_tokens = llama_seam.last_logits(gguf_path, id_lists, texts, n_ctx=n_ctx, threads=threads)
+    for ids, got, gguf_ids in zip(id_lists, gguf_rows, gguf_tokens):
+        with torch.no_grad():
+            ref = model(torch.tensor([ids])).logits[0, -1].float().numpy()
+        p, q = _softmax(ref), _softmax(got[: ref.shape[0]])
+        kl = float(np.sum(p * (np.log(p + 1e-300) - np.log(q + 1e-300))))
+        pu_s, pu_g = _p_unsafe(p, unsafe, safe), _p_unsafe(q, unsafe, safe)
+        report.rows.append(PromptComparison(
+            tokens=len(ids), tokens_match=gguf_ids == ids,
+            top1_source=int(np.argmax(ref)), top1_gguf=int(np.argmax(got)),
+            kl=max(0.0, kl) if math.isfinite(kl) else float("inf"),
+            p_unsafe_source=pu_s, p_unsafe_gguf=pu_g,
+            verdict_source=UNSAFE if pu_s >= threshold else SAFE,
+            verdict_gguf=UNSAFE if pu_g >= threshold else SAFE,
+        ))
     return report

@@ -1,4 +1,4 @@
-"""The tokenizer, written completely into the GGUF: tokens, types, merges, special ids, chat template."""
+"""Vocabulary hooks' shared parts, and the byte-level BPE `tokenizer.json` vocabulary (Qwen2/Qwen2.5)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import gguf
 
-from convert.checkpoint import Checkpoint
+from .checkpoint import Checkpoint
 from libra_edge.errors import ConversionError
 
 # Qwen2's pre-tokenizer split (transformers' Qwen2Tokenizer PRETOKENIZE_REGEX). llama.cpp
@@ -32,11 +32,43 @@ class VocabSummary:
     n_merges: int
     pre_tokenizer: str
     special_ids: dict[str, int]
+    tokenizer_model: str = "gpt2"  # llama.cpp's tokenizer family: gpt2 (byte-level BPE), llama (SentencePiece)
+    n_byte: int = 0  # SentencePiece byte-fallback tokens <0x00>..<0xFF>
+    chat_template_source: str = "tokenizer_config.json"
+
+    @classmethod
+    def of(
+        cls, tokens: list[str], types: list[gguf.TokenType], *, n_merges: int, pre_tokenizer: str,
+        special_ids: dict[str, int], tokenizer_model: str, chat_template_source: str,
+    ) -> VocabSummary:
+        """Count the token types of a finished token list."""
+        return cls(
+            n_tokens=len(tokens),
+            n_normal=types.count(gguf.TokenType.NORMAL),
+            n_control=types.count(gguf.TokenType.CONTROL),
+            n_user_defined=types.count(gguf.TokenType.USER_DEFINED),
+            n_padding=types.count(gguf.TokenType.UNUSED),
+            n_merges=n_merges,
+            pre_tokenizer=pre_tokenizer,
+            special_ids=special_ids,
+            tokenizer_model=tokenizer_model,
+            n_byte=types.count(gguf.TokenType.BYTE),
+            chat_template_source=chat_template_source,
+        )
 
 
 def looks_special(token: str) -> bool:
     """`<|...|>` tokens are control tokens even where a tokenizer forgot to flag them special."""
     return token.startswith("<|") and token.endswith("|>")
+
+
+def chat_template_of(tokenizer_config: dict[str, Any]) -> str | None:
+    """The default chat template of tokenizer_config.json (a string, or the `default` of a named list)."""
+    template = tokenizer_config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) and template else None
 
 
 def _split_regex(pre: dict[str, Any] | None) -> str | None:
@@ -83,8 +115,8 @@ def build_token_list(
     return tokens, types
 
 
-def add_vocab(writer: gguf.GGUFWriter, checkpoint: Checkpoint, vocab_size: int) -> VocabSummary:
-    """Write the complete tokenizer of `checkpoint` into `writer`."""
+def add_bpe_vocab(writer: gguf.GGUFWriter, checkpoint: Checkpoint, vocab_size: int) -> VocabSummary:
+    """Write the complete byte-level BPE tokenizer (`tokenizer.json`) of `checkpoint` into `writer`."""
     where = str(checkpoint.path / "tokenizer.json")
     tokenizer = checkpoint.read_json("tokenizer.json")
     regex = _split_regex(tokenizer.get("pre_tokenizer"))
@@ -111,13 +143,8 @@ def add_vocab(writer: gguf.GGUFWriter, checkpoint: Checkpoint, vocab_size: int) 
     # Qwen2 never prepends a BOS token; say so explicitly rather than rely on llama.cpp defaults.
     special.add_special_token["bos"] = False
     special.add_to_gguf(writer, quiet=True)
-    return VocabSummary(
-        n_tokens=len(tokens),
-        n_normal=types.count(gguf.TokenType.NORMAL),
-        n_control=types.count(gguf.TokenType.CONTROL),
-        n_user_defined=types.count(gguf.TokenType.USER_DEFINED),
-        n_padding=types.count(gguf.TokenType.UNUSED),
-        n_merges=len(special.merges),
-        pre_tokenizer=pre,
-        special_ids=dict(special.special_token_ids),
+    return VocabSummary.of(
+        tokens, types, n_merges=len(special.merges), pre_tokenizer=pre,
+        special_ids=dict(special.special_token_ids), tokenizer_model="gpt2",
+        chat_template_source="tokenizer_config.json",
     )

@@ -23,6 +23,7 @@ class BuildReport:
 
     libra_edge_version: str
     llama_cpp_python_version: str
+    llama_cpp_python_pinned: str
     gpu_offload: bool
     system_info: str
     cpu_model: str
@@ -32,9 +33,9 @@ class BuildReport:
 
 def build_report() -> BuildReport:
     """Inspect llama.cpp (loads its shared library) and the CPU."""
-    import llama_cpp
+    from .engine import llama as llama_seam
 
-    info = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()
+    info = llama_seam.system_info()
     cpu_model, flags = _cpu()
     warnings = []
     if "amx_tile" in flags and "AMX" in info:
@@ -44,8 +45,9 @@ def build_report() -> BuildReport:
         )
     return BuildReport(
         libra_edge_version=__version__,
-        llama_cpp_python_version=llama_cpp.__version__,
-        gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
+        llama_cpp_python_version=llama_seam.version(),
+        llama_cpp_python_pinned=llama_seam.PINNED_VERSION,
+        gpu_offload=llama_seam.supports_gpu_offload(),
         system_info=info,
         cpu_model=cpu_model,
         cpu_flags=[f for f in ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags],
@@ -95,14 +97,51 @@ class SmokeResult:
     parsed: bool
 
 
-def smoke_test(model: str | Path | None, **options: Any) -> tuple[Any, list[SmokeResult]]:
-    """Load the model and judge the built-in pairs in fast mode; (model info, results)."""
+@dataclass
+class ModelReport:
+    """How the loaded model will be prompted and scored."""
+
+    path: str
+    architecture: str | None
+    quant: str
+    chat_template: str  # "gguf" (the file's own template) or "fallback" (Qwen2.5 ChatML)
+    label_tokens: dict[str, list[tuple[int, str]]]  # label -> (token id, its text) that can begin it
+
+
+def model_report(guard: Any) -> ModelReport:
+    """The architecture, chat template source and verdict token sets of a loaded Guard."""
+    info = guard.info
+    labels: dict[str, list[tuple[int, str]]] = {}
+    for label, ids in guard.label_tokens.items():
+        labels[label] = [(int(t), _token_text(guard, int(t))) for t in ids]
+    return ModelReport(
+        path=str(info.path),
+        architecture=info.architecture,
+        quant=info.quant,
+        chat_template=guard.chat_template_source,
+        label_tokens=labels,
+    )
+
+
+def _token_text(guard: Any, token: int) -> str:
+    """A token's text for display; byte-fallback pieces (part of a character) as <0xNN>."""
+    # The engine has no public piece accessor yet; its model's is the llama.cpp call itself.
+    raw: bytes = guard._model.piece(token)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "".join(f"<0x{b:02X}>" for b in raw)
+
+
+def smoke_test(model: str | Path | None, **options: Any) -> tuple[ModelReport, list[SmokeResult]]:
+    """Load the model and judge the built-in pairs in fast mode; (model report, results)."""
     import json
 
     from .engine import Guard
 
     results = []
     with Guard.load(model, **options) as guard:
+        report = model_report(guard)
         for question, response, expected in SMOKE_PAIRS:
             t0 = time.perf_counter()
             verdict = guard.check(question, response, analysis=False)
@@ -111,4 +150,4 @@ def smoke_test(model: str | Path | None, **options: Any) -> tuple[Any, list[Smok
             except ValueError:
                 parsed = False
             results.append(SmokeResult(question, expected, verdict.label, verdict.score, time.perf_counter() - t0, parsed))
-        return guard.info, results
+        return report, results

@@ -22,6 +22,13 @@ class ExitCode(IntEnum):
     """A download (`models pull`) failed: hub unreachable, offline mode, HTTP error."""
     CONVERSION = 6
     """A checkpoint could not be converted to GGUF."""
+    INCOMPLETE = 7
+    """`batch` only: the run finished, but some input records were skipped (malformed) or
+    some items failed; each has a placeholder row in the output saying why. `--allow-skips`
+    turns this into 0."""
+    DISK_FULL = 8
+    """No space left for the results database or the output file; every finished item is
+    kept: free space and run the same command again to continue."""
     INTERNAL = 70
     """A bug in libra-edge: please report it with the `--verbose` output."""
     INTERRUPTED = 130
@@ -52,6 +59,12 @@ class InputError(LibraError):
     """An input file or record is malformed; the message names file, line and field."""
 
     exit_code = ExitCode.INPUT
+
+
+class DiskFullError(LibraError):
+    """The results database or an output file ran out of disk space (names the file)."""
+
+    exit_code = ExitCode.DISK_FULL
 
 
 class NetworkError(LibraError):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from convert import plan_conversion
-from convert.verify import verify
+from libra_edge.convert import plan_conversion
+from libra_edge.convert.verify import verify
 
 # Text llama.cpp prints when its logs are not silenced.
 C_LOG_MARKERS = ("llama_model_loader", "llama_model_quantize", "print_info", "load_tensors", "ggml_")

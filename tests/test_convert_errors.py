@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from convert import convert_checkpoint, plan_conversion
+from libra_edge.convert import convert_checkpoint, plan_conversion
 from libra_edge.errors import ConversionError, ExitCode
 
 
@@ -44,11 +44,24 @@ def test_config_json_that_is_not_json(ckpt: Path, tmp_path: Path) -> None:
 
 def test_unsupported_architecture(ckpt: Path, tmp_path: Path) -> None:
     config = json.loads((ckpt / "config.json").read_text())
-    config["architectures"] = ["LlamaForCausalLM"]
+    config["architectures"] = ["MambaForCausalLM"]
     (ckpt / "config.json").write_text(json.dumps(config))
     message = refuse(ckpt, tmp_path / "out.gguf")
-    assert "unsupported architecture 'LlamaForCausalLM'" in message
-    assert "Qwen2ForCausalLM" in message  # says what is supported
+    assert "unsupported architecture 'MambaForCausalLM'" in message
+    for supported in ("LlamaForCausalLM", "QWenLMHeadModel", "Qwen2ForCausalLM"):
+        assert supported in message  # says what is supported
+
+
+def test_custom_code_architecture_is_refused_without_running_it(ckpt: Path, tmp_path: Path) -> None:
+    config = json.loads((ckpt / "config.json").read_text())
+    config["architectures"] = ["BaichuanForCausalLM"]
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_baichuan.BaichuanForCausalLM"}
+    (ckpt / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "custom-code-was-run"
+    (ckpt / "modeling_baichuan.py").write_text(f"open({str(marker)!r}, 'w')\n")
+    message = refuse(ckpt, tmp_path / "out.gguf")
+    assert "unsupported architecture 'BaichuanForCausalLM'" in message and "never run" in message
+    assert not marker.exists()
 
 
 class _Trap:
@@ -125,7 +138,7 @@ def test_failed_conversion_keeps_an_existing_output(ckpt: Path, tmp_path: Path) 
 
 
 def test_verify_without_torch_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from convert.verify import _require_reference
+    from libra_edge.convert.verify import _require_reference
 
     monkeypatch.setitem(sys.modules, "torch", None)  # what a runtime-only install looks like
     with pytest.raises(ConversionError, match=r"pip install 'libra-edge\[verify\]'"):

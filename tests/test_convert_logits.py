@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convert import convert_checkpoint
-from libra_edge.prompt import build_user_message
+from libra_edge.convert import convert_checkpoint
+from libra_edge.engine.prompt import build_user_message
 
 TEXTS = [
     "人类的问题：怎么做蛋糕？\n大语言模型的回答：先准备面粉和鸡蛋。",

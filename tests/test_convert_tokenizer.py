@@ -188,7 +188,7 @@ def test_chat_template_renders_the_default_system_prompt(gguf_metadata: dict[str
 def test_vocab_only_file_tokenizes_identically(tmp_path: Path, tiny_qwen_dir: Path, hf_tokenizer) -> None:
     from llama_cpp import Llama
 
-    from convert import convert_checkpoint
+    from libra_edge.convert import convert_checkpoint
 
     result = convert_checkpoint(tiny_qwen_dir, tmp_path / "vocab.gguf", vocab_only=True)
     assert result.n_tensors == 0

@@ -1,4 +1,4 @@
-"""`libra-edge eval` and libra_edge.metrics: the authors' figures, checked against hand arithmetic."""
+"""`libra-edge eval` and libra_edge.report.metrics: the authors' figures, checked against hand arithmetic."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from libra_edge.metrics import evaluate, parse_verdict, pr_auc, repair_json, roc_auc
+from libra_edge.report.metrics import evaluate, parse_verdict, pr_auc, repair_json, roc_auc
 
 S, U = "安全", "不安全"
 

@@ -76,7 +76,7 @@ def test_imported_model_is_loadable_by_name(models: Run, tiny_qwen_gguf: Path) -
     from libra_edge.models import resolve_model
 
     assert models("import", tiny_qwen_gguf, "--name", "guard").returncode == 0
-    with Guard.load(resolve_model("guard"), n_ctx=512) as guard:
+    with Guard.load(resolve_model("guard"), ctx_per_seq=512) as guard:
         assert guard.info.architecture == "qwen2"
 
 
@@ -138,6 +138,7 @@ def test_export_then_import_elsewhere(models: Run, make_gguf: Callable[..., Path
     src = make_gguf()
     assert models("import", src, "--name", "guard").returncode == 0
     usb = tmp_path / "usb"
+    usb.mkdir()  # the mounted drive
     result = models("export", "guard", usb)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in usb.iterdir()) == ["guard.gguf", "guard.manifest.json"]
@@ -153,7 +154,7 @@ def test_import_of_a_corrupted_export_is_refused(models: Run, make_gguf: Callabl
                                                  tmp_path: Path) -> None:
     assert models("import", make_gguf(), "--name", "guard").returncode == 0
     usb = tmp_path / "usb"
-    assert models("export", "guard", usb).returncode == 0
+    assert models("export", "guard", usb, "--mkdir").returncode == 0
     flip_byte(usb / "guard.gguf", (usb / "guard.gguf").stat().st_size - 10)  # inside tensor data
     offline_home = str(tmp_path / "offline-machine")
     line = one_line_error(models("import", usb / "guard.gguf", LIBRA_EDGE_HOME=offline_home),
@@ -226,3 +227,47 @@ def test_help_teaches_with_examples(models: Run, sub: str) -> None:
     assert result.returncode == 0
     assert "libra-edge models" in result.stdout
     assert "Example" in result.stdout or "online$" in result.stdout
+
+
+def test_export_to_a_folder_that_does_not_exist_is_refused(
+    models: Run, make_gguf: Callable[..., Path], tmp_path: Path,
+) -> None:
+    # Was: the folder was created on the local disk and the export "succeeded" (exit 0)
+    # while the USB drive it was meant for was not even mounted.
+    assert models("import", make_gguf(), "--name", "guard").returncode == 0
+    usb = tmp_path / "media" / "usb"
+    line = one_line_error(models("export", "guard", usb), ExitCode.USAGE)
+    assert f"{usb}: no such folder (is the drive mounted?)" in line and "--mkdir" in line
+    assert not (tmp_path / "media").exists()
+    result = models("export", "guard", usb, "--mkdir")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in usb.iterdir()) == ["guard.gguf", "guard.manifest.json"]
+
+
+def test_export_of_an_unknown_model_creates_no_folder(models: Run, tmp_path: Path) -> None:
+    line = one_line_error(models("export", "nope", tmp_path / "new", "--mkdir"), ExitCode.MODEL)
+    assert "no installed model named 'nope'" in line
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_model_verify_found_corrupt_is_not_loaded_until_replaced(
+    models: Run, cli: list[str], cli_env: dict[str, str], tiny_qwen_gguf: Path, isolated_home: Path,
+) -> None:
+    # Was: `check` loaded and ran the corrupt model without a word.
+    def check(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, "check", "--fast", "-q", "问题", "-r", "回答", *extra],
+                              env=cli_env, capture_output=True, text=True, timeout=300)
+
+    assert models("import", tiny_qwen_gguf, "--name", "guard").returncode == 0
+    installed = isolated_home / "models" / "guard.gguf"
+    flip_byte(installed, installed.stat().st_size - 10)  # inside the weights: still loads
+    assert models("verify").returncode == ExitCode.MODEL
+    for extra in ((), ("-m", "guard"), ("-m", str(installed))):
+        line = one_line_error(check(*extra), ExitCode.MODEL)
+        assert "model 'guard' failed `libra-edge models verify` (CORRUPT: sha256" in line
+        assert "`libra-edge models rm guard`" in line and "`libra-edge models verify guard`" in line
+    assert models("rm", "guard").returncode == 0
+    assert models("import", tiny_qwen_gguf, "--name", "guard").returncode == 0
+    assert models("verify", "guard").returncode == 0
+    assert check("-m", "guard").returncode in (ExitCode.OK, ExitCode.FLAGGED)
+

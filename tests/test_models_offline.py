@@ -89,7 +89,7 @@ def test_every_models_command_works_without_touching_the_network(
         ("models", "default", "guard"),
         ("models", "default"),
         ("models", "verify"),
-        ("models", "export", "guard", usb),
+        ("models", "export", "guard", usb, "--mkdir"),
         ("models", "import", usb / "guard.gguf", "--name", "copy"),
         ("models", "verify", "copy"),
         ("models", "rm", "copy"),

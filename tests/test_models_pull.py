@@ -86,7 +86,7 @@ def test_pull_installs_a_loadable_model_with_its_manifest(
     from libra_edge.models.ggufinfo import read_model_info
 
     assert read_model_info(installed).metadata["libra_edge.source.repo"] == REPO
-    with Guard.load(resolve_model(None), n_ctx=1024) as guard:  # found with no --model
+    with Guard.load(resolve_model(None), ctx_per_seq=1024) as guard:  # found with no --model
         verdict = guard.check("你好", "你好！有什么可以帮你？", analysis=False)
     assert verdict.label in ("安全", "不安全")
 
@@ -146,6 +146,7 @@ def test_pulled_model_crosses_the_air_gap_with_its_provenance(
 ) -> None:
     assert pull(cli, served, "libra-guard-0.5b", "--quant", "f32", "--name", "guard").returncode == 0
     usb = tmp_path / "usb"
+    usb.mkdir()
     run = subprocess.run([*cli, "models", "export", "guard", str(usb)], env=served,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
@@ -218,10 +219,18 @@ def test_existing_name_is_refused_before_downloading(
 
 
 def test_known_names_and_quants_match_the_converter() -> None:
-    import convert
+    from libra_edge import convert
     from libra_edge.models import hub
 
     assert set(hub.QUANTS) <= set(convert.OUTTYPES)
     assert hub.resolve_repo("libra-guard-3b") == ("caskcsg/Libra-Guard-Qwen2.5-3B-Instruct", "libra-guard-3b")
     assert hub.resolve_repo("Libra-Guard-14B")[0] == "caskcsg/Libra-Guard-Qwen2.5-14B-Instruct"
     assert hub.resolve_repo("someone/My-Guard") == ("someone/My-Guard", "my-guard")
+
+
+def test_a_repo_name_with_a_dot_keeps_it_in_the_model_name() -> None:
+    # Was `some-guard-0`: the name went through Path.stem, which cuts at the last dot.
+    from libra_edge.models import hub
+
+    assert hub.resolve_repo("org/Some-Guard-0.5B") == ("org/Some-Guard-0.5B", "some-guard-0.5b")
+    assert hub.resolve_repo("org/Guard.v2.Q8") == ("org/Guard.v2.Q8", "guard.v2.q8")

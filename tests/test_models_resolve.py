@@ -104,3 +104,38 @@ def test_broken_config_file_is_one_line_naming_the_line() -> None:
     paths.config_path().write_text('{\n  "default_model": "x",,\n}\n')
     with pytest.raises(LibraError, match=r"config.json: line 2: config is not valid JSON"):
         resolve_model(None)
+
+
+def test_a_model_verify_found_corrupt_is_refused_by_name_default_and_path(
+    install: Callable[[str], Path],
+) -> None:
+    from libra_edge.models import integrity
+
+    path = install("guard")
+    result = registry.verify_model(registry.get_model("guard"))
+    integrity.remember("guard", path, "CORRUPT", "sha256 0123… != manifest 4567…")
+    for spec in ("guard", None, str(path)):
+        with pytest.raises(ModelError) as err:
+            resolve_model(spec)
+        message = str(err.value)
+        assert "model 'guard' failed `libra-edge models verify` (CORRUPT: sha256 0123…" in message
+        assert "libra-edge models rm guard" in message and "libra-edge models verify guard" in message
+        assert "\n" not in message
+    integrity.remember("guard", path, result.status, result.detail)  # verified again: OK
+    assert resolve_model("guard") == path
+
+
+def test_a_corrupt_verdict_stops_applying_once_the_file_is_replaced(
+    install: Callable[[str], Path], make_gguf: Callable[..., Path],
+) -> None:
+    from libra_edge.models import integrity
+
+    path = install("guard")
+    integrity.remember("guard", path, "CORRUPT", "size differs")
+    registry.remove_model("guard")
+    integrity.forget("guard")
+    registry.import_model(make_gguf("fresh.gguf"), name="guard")
+    assert resolve_model("guard") == path
+    integrity.remember("guard", path, "CORRUPT", "size differs")
+    path.write_bytes(make_gguf("other.gguf").read_bytes() + b"\0")  # replaced behind our back
+    assert resolve_model("guard") == path  # not the file that was found corrupt

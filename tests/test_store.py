@@ -275,7 +275,9 @@ def test_jsonl_export_keeps_input_fields_and_adds_critic_and_verdict(filled: tup
     assert first["label"] == "安全"  # the input's gold label, untouched
     assert json.loads(first["critic"]) == {"答案": "不安全", "分析": "分析"}
     assert first["verdict"] == {"label": "不安全", "unsafe": True, "score": 0.97, "analysis": "分析",
-                                "truncated": False, "error": None}
+                                "truncated": False, "error": None, "status": "judged", "input": None,
+                                "windows": None, "window": None, "span": None, "normalized": None,
+                                "analysis_cut": None}  # stored without the engine's window fields
     assert first["review"]["decision"] == "confirm" and "review" not in rows[1]
 
 
@@ -303,7 +305,7 @@ def test_export_replaces_the_target_only_when_complete(filled: tuple[Store, int]
     store, run_id = filled
     out = tmp_path / "out.jsonl"
     out.write_text("old\n")
-    with pytest.raises(LibraError, match="jsonl or csv"):
+    with pytest.raises(LibraError, match="expected jsonl, json, csv, got 'xml'"):
         store.export(run_id, out, format="xml")
     assert out.read_text() == "old\n"
     store.export(run_id, out)
@@ -382,3 +384,110 @@ def test_a_transaction_commits_all_its_writes_at_once_or_none(tmp_path: Path) ->
         add(store, run_id, 3)  # outside a transaction each write commits on its own again
         assert other.execute("SELECT count(*) FROM results").fetchone()[0] == 4
         other.close()
+
+
+# -- transcripts, windows, placeholders, full disks ------------------------------------------------
+def placeholder(seq: int, reason: str, **fields: Any) -> Any:
+    from libra_edge.batch import Placeholder
+
+    return Placeholder(seq=seq, file="/data/in.jsonl", line=seq + 1, reason=reason, fields=fields)
+
+
+def test_placeholders_are_rows_that_say_why_and_do_not_count_as_items(tmp_path: Path) -> None:
+    with open_store(tmp_path / "r.db") as store:
+        run_id = new_run(store, total=2, skipped=2)
+        add(store, run_id, 0)
+        assert store.add_placeholders(run_id, [placeholder(1, "invalid JSON"), placeholder(3, "missing field 'response'",
+                                                                                        id="x-3", label="安全")]) == 2
+        add(store, run_id, 2, error="engine failed")
+        assert store.add_placeholders(run_id, [placeholder(1, "invalid JSON")]) == 0  # a resume adds nothing twice
+        run = store.run(run_id)
+        assert (run.done, run.errors, run.skipped, run.remaining) == (2, 1, 2, 0)
+        assert store.done_seqs(run_id) == {0, 2} and store.done_seqs(run_id, include_errors=False) == {0}
+        rows = store.results(run_id)
+        assert [(r.seq, r.status, r.error) for r in rows] == [
+            (0, "judged", None), (1, "skipped", "invalid JSON"), (2, "failed", "engine failed"),
+            (3, "skipped", "missing field 'response'")]
+        out = tmp_path / "out.jsonl"
+        assert store.export(run_id, out) == 4
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert lines[3]["id"] == "x-3" and lines[3]["label"] == "安全" and lines[3]["critic"] == ""
+    assert lines[3]["verdict"]["status"] == "skipped" and lines[3]["verdict"]["input"] == "/data/in.jsonl:4"
+
+
+def test_window_and_conversation_fields_round_trip(tmp_path: Path) -> None:
+    with open_store(tmp_path / "r.db") as store:
+        run_id = new_run(store, total=1)
+        v = verdict(True, 0.9) | {"windows": 5, "window": 3, "span": [1200, 1800], "normalized": True,
+                                  "analysis_cut": False}
+        rid = store.add_result(run_id, seq=0, question="q", response="r" * 2000,
+                               fields={"messages": [{"role": "user", "content": "q"}], "user": "u"},
+                               verdict=v, conversation_id="c-1", turn_index=1)
+        row = store.result(rid)
+        assert (row.status, row.conversation_id, row.turn_index, row.windows, row.window) == ("judged", "c-1", 1, 5, 3)
+        assert (row.span_start, row.span_end, row.normalized, row.analysis_cut) == (1200, 1800, True, False)
+        assert store.run(run_id).chunked == 1
+        out = tmp_path / "out.csv"
+        store.export(run_id, out, format="csv", bom=True)
+    raw = out.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf")  # spreadsheet tools read it as UTF-8
+    rows = list(csv.DictReader(raw.decode("utf-8-sig").splitlines()))
+    assert "messages" not in rows[0] and rows[0]["user"] == "u"  # a turn's row: not the whole transcript
+    assert rows[0]["verdict_span"] == "[1200, 1800]" and rows[0]["verdict_windows"] == "5"
+
+
+def test_json_export_is_one_array(filled: tuple[Store, int], tmp_path: Path) -> None:
+    store, run_id = filled
+    out = tmp_path / "out.json"
+    assert store.export(run_id, out, format="json") == 6
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert [r["id"] for r in data] == [f"x-{i}" for i in range(6)]
+    assert not out.read_bytes().startswith(b"\xef\xbb\xbf")
+
+
+def test_the_window_migration_marks_stored_errors_failed(tmp_path: Path) -> None:
+    mine = next(i for i, script in enumerate(MIGRATIONS) if "ADD COLUMN turn_index" in script)
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    from libra_edge.store.migrations import split_statements
+
+    for number, script in enumerate(MIGRATIONS[:mine]):
+        for statement in split_statements(script):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {number + 1}")
+    conn.execute("INSERT INTO runs (fingerprint, created_at, status, inputs_json, model_path, model_name,"
+                 " model_sha256, settings_json, prompt_template_version, options_json, total)"
+                 " VALUES ('f', 't', 'finished', '[]', 'm', 'm', 's', '{}', 'v', '{}', 2)")
+    for seq, error in ((0, None), (1, "boom")):
+        conn.execute("INSERT INTO results (run_id, seq, question, response, input_json, error, checked_at, label,"
+                     " unsafe) VALUES (1, ?, 'q', 'r', '{}', ?, 't', ?, ?)",
+                     (seq, error, None if error else "安全", None if error else 0))
+    conn.close()
+    with open_store(db) as store:
+        assert [(r.status, r.windows, r.conversation_id) for r in store.results(1)] == [
+            ("judged", None, None), ("failed", None, None)]
+        assert (store.run(1).done, store.run(1).errors) == (2, 1)
+
+
+def test_a_full_disk_is_a_user_error_naming_the_database_and_nothing_stored_is_lost(tmp_path: Path) -> None:
+    """Simulated with SQLite's own size cap (max_page_count): the same SQLITE_FULL a full disk gives."""
+    from libra_edge.errors import DiskFullError, ExitCode
+
+    with open_store(tmp_path / "r.db") as store:
+        run_id = new_run(store, total=500)
+        add(store, run_id, 0)
+        pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+        store._conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+        with pytest.raises(DiskFullError) as err:
+            for seq in range(1, 500):
+                add(store, run_id, seq, response="很长的回答" * 400)
+        assert err.value.exit_code == ExitCode.DISK_FULL
+        assert str(err.value).startswith(f"{tmp_path / 'r.db'}: the disk is full (")
+        assert "run the same command again" in str(err.value)
+        stored = store.count_results(run_id)
+        assert stored >= 1
+        estimate = store.disk_full(499 - stored)
+        assert f"are needed for the {499 - stored} items left" in str(estimate)
+        store._conn.execute("PRAGMA max_page_count = 1073741823")  # space freed
+        add(store, run_id, 499)
+        assert store.count_results(run_id) == stored + 1

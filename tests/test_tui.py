@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from textual.widgets import Input, Select, TextArea
 
-from libra_edge.engine import Guard
 from libra_edge.models import config, registry
 from libra_edge.store import open_store
 from libra_edge.tui.messages import AnalysisText, BatchProgressed, CheckDone
@@ -73,8 +72,9 @@ async def test_check_runs_the_model_and_streams_the_analysis(make_tui: Callable[
         assert len(pieces) >= 2
         assert "".join(pieces) == verdict.analysis == app.screen.query_one(AnalysisView).text
     # Same pair, same settings, straight through the engine: the TUI showed the engine's verdict.
-    with Guard.load(tui_model, n_ctx=tui_settings.n_ctx, max_new_tokens=tui_settings.max_new_tokens,
-                    threads=1) as guard:
+    from libra_edge.batch.runner import load_guard
+
+    with load_guard(tui_model, tui_settings) as guard:
         direct = guard.check("How do I pick a lock?", "先用钓鱼网站骗取密码，然后登录邮箱。")
     assert (direct.label, direct.analysis) == (verdict.label, verdict.analysis)
     assert direct.score == pytest.approx(verdict.score, abs=1e-4)
@@ -269,8 +269,8 @@ async def test_review_decision_and_note_are_saved_to_the_database(make_tui: Call
         assert screen.query_one(ResultsTable).rows_shown[1].review == "safe"
 
 
-async def test_next_and_previous_flagged_without_the_table(make_tui: Callable[..., Any],
-                                                           seeded_store: tuple[Path, int]) -> None:
+async def test_next_and_previous_undecided_flagged_without_the_table(make_tui: Callable[..., Any],
+                                                                     seeded_store: tuple[Path, int]) -> None:
     app = make_tui()
     async with app.run_test(size=SIZE) as pilot:
         await open_results(app, pilot)
@@ -282,11 +282,13 @@ async def test_next_and_previous_flagged_without_the_table(make_tui: Callable[..
             await pilot.press("n")
             await wait_for(pilot, lambda: detail.row.id != before, what="the next flagged item")
             visited.append(detail.row.item_id)
-            await pilot.press("c")  # confirm each, as a reviewer working down the list would
+            if detail.row.item_id != FLAGGED_IDS[1]:
+                await pilot.press("c")  # confirm each but the second, as a reviewer working down the list
         assert visited == FLAGGED_IDS
-        await pilot.press("p")
-        await wait_for(pilot, lambda: detail.row.item_id == FLAGGED_IDS[-2], what="the previous flagged item")
-        assert f"id {FLAGGED_IDS[-2]}" in text_of(detail.query_one("#detail-meta"))
+        await pilot.press("p")  # skips the decided ones: back to the one left undecided
+        await wait_for(pilot, lambda: detail.row.item_id == FLAGGED_IDS[1], what="the previous undecided item")
+        assert f"id {FLAGGED_IDS[1]}" in text_of(detail.query_one("#detail-meta"))
+        await pilot.press("c")
     with open_store() as store:
         run_id = seeded_store[1]
         confirmed = store.results(run_id, review="confirm")
@@ -316,7 +318,7 @@ async def test_export_writes_the_current_filter(make_tui: Callable[..., Any], se
         assert [r["id"] for r in records] == FLAGGED_IDS
         assert all(r["verdict"]["unsafe"] is True and r["critic"] for r in records)
     else:
-        with open(out, encoding="utf-8", newline="") as fh:
+        with open(out, encoding="utf-8-sig", newline="") as fh:  # a BOM first: spreadsheets read UTF-8
             records = list(csv.DictReader(fh))
         assert [r["id"] for r in records] == FLAGGED_IDS
         assert {r["verdict_label"] for r in records} == {"不安全"}

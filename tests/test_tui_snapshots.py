@@ -1,7 +1,8 @@
 """Snapshots of the TUI's main screens on fixed store contents (update: `--snapshot-update`).
 
 Every screen is filled from rows seeded through the store API with fixed values: no
-dates, timings or temporary paths appear, so a changed picture means changed code.
+dates, timings or temporary paths appear (the store's clock is fixed), so a changed
+picture means changed code.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import pytest
 from textual.pilot import Pilot
 
 from libra_edge.models import registry
+from libra_edge.store import db as store_db
 from libra_edge.store import open_store
 from libra_edge.tui.screens.detail import DetailScreen
+from libra_edge.tui.screens.help import HelpScreen
 from libra_edge.tui.screens.results import ResultsScreen
+from libra_edge.tui.screens.summary import SummaryScreen
 from libra_edge.tui.widgets.models_table import ModelsTable
 from libra_edge.tui.widgets.results_table import ResultsTable
 from libra_edge.tui.widgets.runs_table import RunsTable
@@ -25,6 +29,12 @@ from tests.fixtures.tui import seed_run, wait_for
 
 SIZE = (140, 40)
 MODEL = "/models/libra-guard-3b-q4_k_m.gguf"  # shown by name only; never loaded here
+
+
+@pytest.fixture(autouse=True)
+def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decisions are stamped 2026-01-02 03:04 UTC, whenever the test runs."""
+    monkeypatch.setattr(store_db, "now", lambda: "2026-01-02T03:04:05+00:00")
 
 
 @pytest.fixture
@@ -132,3 +142,61 @@ def test_new_run_dialog(snap_compare: Callable[..., bool], make_tui: Callable[..
         await wait_for(pilot, lambda: len(tree.root.children) >= 3)
 
     assert snap_compare(make_tui(model=MODEL), terminal_size=SIZE, run_before=dialog)
+
+
+@pytest.fixture
+def reviewed_gold_run(isolated_home: Path) -> None:
+    """The seeded run with gold labels, three decisions and a note."""
+    with open_store() as store:
+        run_id = seed_run(store, gold=True)
+        rows = {r.item_id: r.id for r in store.results(run_id)}
+        store.set_review(rows["r-002"], "confirm", reviewer="alice")
+        store.set_review(rows["r-008"], "safe", "exaggeration, not advice", reviewer="alice")
+        store.set_review(rows["t-007"], "unsafe", "hints at a method", reviewer="bob")
+
+
+async def _gold_results(pilot: Pilot) -> ResultsScreen:
+    app = pilot.app
+    await pilot.press("f2")
+    await wait_for(pilot, lambda: app.screen.query(RunsTable) and app.screen.query_one(RunsTable).row_count == 1)
+    await pilot.press("enter")
+    screen = await wait_for(pilot, lambda: isinstance(app.screen, ResultsScreen) and app.screen)
+    await wait_for(pilot, lambda: screen.total and screen.run_record is not None and screen.progress is not None)
+    await wait_for(pilot, lambda: "loading" not in str(screen.query_one("#pager").render()))
+    return screen
+
+
+def test_results_with_gold_labels_and_decisions(snap_compare: Callable[..., bool], make_tui: Callable[..., Any],
+                                                reviewed_gold_run: None) -> None:
+    """Gold column (≠ where the model disagrees), decisions, the progress line; 160 columns wide."""
+
+    async def results(pilot: Pilot) -> None:
+        await _gold_results(pilot)
+
+    assert snap_compare(make_tui(model=MODEL), terminal_size=(160, 30), run_before=results)
+
+
+def test_summary_panel(snap_compare: Callable[..., bool], make_tui: Callable[..., Any],
+                       reviewed_gold_run: None) -> None:
+    """Counts, rates with intervals by source and category, the score histogram, coverage."""
+
+    async def summary(pilot: Pilot) -> None:
+        await _gold_results(pilot)
+        await pilot.press("i")
+        screen = await wait_for(pilot, lambda: isinstance(pilot.app.screen, SummaryScreen) and pilot.app.screen)
+        await wait_for(pilot, lambda: screen.summary is not None)
+        await pilot.pause()
+
+    assert snap_compare(make_tui(model=MODEL), terminal_size=(140, 40), run_before=summary)
+
+
+def test_help_screen(snap_compare: Callable[..., bool], make_tui: Callable[..., Any], reviewed_gold_run: None) -> None:
+    """`?` on the results: every key of the screen, what it does and where it applies."""
+
+    async def help_screen(pilot: Pilot) -> None:
+        await _gold_results(pilot)
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(pilot.app.screen, HelpScreen))
+        await pilot.pause()
+
+    assert snap_compare(make_tui(model=MODEL), terminal_size=(140, 50), run_before=help_screen)

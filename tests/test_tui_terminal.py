@@ -125,3 +125,69 @@ def test_check_and_review_in_a_real_terminal(tmux_tui: Callable[..., Tmux], tui_
     with open_store(paths.database_path()) as store:
         reviewed = store.results(run_id, review="safe")
     assert [r.item_id for r in reviewed] == ["r-002"]
+
+
+def test_a_reviewers_queue_in_a_real_terminal(tmux_tui: Callable[..., Tmux], tmp_path: Path) -> None:
+    """Open a run, filter flagged + one category by keys, decide three items with the queue
+    keys, undo one, sort, export; the file's rows carry reviewer, time and note, in screen order."""
+    import json
+
+    with open_store() as store:
+        run_id = seed_run(store, 24)  # each seed item three times: 违法犯罪 has three flagged items
+    tui = tmux_tui("--reviewer", "ivy")
+    tui.wait_for(lambda s: "问题 question" in s, what="the check screen")
+    tui.keys("F2")
+    tui.wait_for(lambda s: "libra-sample.jsonl" in s and "24/24" in s, what="the runs screen")
+    tui.keys("Enter")
+    tui.wait_for(lambda s: "items 1–24 of 24" in s and "review: 0/12 flagged decided" in s, what="the results")
+    tui.keys("f")
+    tui.wait_for(lambda s: "items 1–12 of 12" in s, what="the flagged filter")
+    for _ in range(4):  # categories in menu order: 偏见歧视, 谣言错误, 身心健康, 违法犯罪
+        tui.keys("k")
+    screen = tui.wait_for(lambda s: "category 违法犯罪" in s and "items 1–3 of 3" in s, what="the category filter")
+    assert "filter: flagged, category 违法犯罪" in screen
+
+    # The first item: a note, then confirm; then the queue: next → 安全, next → 不安全 (a confirmation).
+    tui.keys("Enter")
+    tui.wait_for(lambda s: "review: not reviewed" in s and "r-002-00001" in s, what="the first item")
+    tui.keys("e")
+    # The note field has the focus once the footer drops the item's keys (typed before that,
+    # the letters would be read as commands).
+    tui.wait_for(lambda s: "c Confirm" not in s, what="the note field")
+    tui.keys("clear instructions", literal=True)
+    tui.wait_for(lambda s: "clear instructions" in s, what="the note typed")
+    tui.keys("Enter")
+    tui.wait_for(lambda s: "note saved" in s and "c Confirm" in s, what="the note saved")
+    tui.keys("c")
+    tui.wait_for(lambda s: "review: confirmed by ivy" in s, what="the confirmation")
+    tui.keys("n")
+    tui.wait_for(lambda s: "r-002-00009" in s and "review: not reviewed" in s, what="the next item")
+    tui.keys("s")
+    tui.wait_for(lambda s: "review: → 安全 by ivy" in s, what="the override")
+    tui.keys("n")
+    tui.wait_for(lambda s: "r-002-00017" in s and "review: not reviewed" in s, what="the third item")
+    tui.keys("u")
+    tui.wait_for(lambda s: "review: confirmed by ivy" in s, what="u on a flagged item: a confirmation")
+    tui.keys("z")
+    tui.wait_for(lambda s: "review: not reviewed" in s and "undone" in s, what="the undo")
+
+    # Back to the table (one Esc), lowest score first, export.
+    tui.keys("Escape")
+    tui.wait_for(lambda s: "review: 2/12 flagged decided" in s, what="the results again")
+    tui.keys("o")
+    tui.keys("o")
+    tui.wait_for(lambda s: "sort: score ↑" in s, what="the sort")
+    tui.keys("e")
+    tui.wait_for(lambda s: "lowest score first" in s, what="the export dialog")
+    tui.keys("C-s")
+    out = tmp_path / f"run{run_id}-flagged.jsonl"
+    tui.wait_for(lambda s: "exported 3 items" in s, what="the export")
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in records] == ["r-002-00017", "r-002-00009", "r-002-00001"]
+    assert [r["verdict"]["score"] for r in records] == sorted(r["verdict"]["score"] for r in records)
+    assert "review" not in records[0]  # undone
+    assert (records[1]["review"]["decision"], records[1]["review"]["reviewer"]) == ("safe", "ivy")
+    first = records[2]["review"]
+    assert (first["decision"], first["note"], first["reviewer"]) == ("confirm", "clear instructions", "ivy")
+    assert all(r["review"]["reviewed_at"].endswith("+00:00") for r in records[1:])
+    tui.keys("C-q")

@@ -1,10 +1,19 @@
-"""Batch checking: read inputs (JSON, JSONL, CSV, Parquet, folders), run them resumably, store results.
+"""Batch checking: read inputs (pairs or chat transcripts; JSON, JSONL, CSV, Parquet, folders, stdin),
+run them resumably, store every record's outcome.
 
-    from libra_edge.batch import BatchJob, BatchOptions, read_inputs
+    from libra_edge.batch import BatchJob, BatchOptions, read_inputs, resume_settings
 """
 
 from libra_edge.batch.fields import FieldMap
-from libra_edge.batch.readers import BatchInput, InputIssue, Item, expand_inputs, read_inputs, read_records
+from libra_edge.batch.readers import (
+    BatchInput,
+    InputIssue,
+    Item,
+    Placeholder,
+    expand_inputs,
+    read_inputs,
+    read_records,
+)
 from libra_edge.batch.runner import (
     ANALYSIS_MODES,
     AnalysisMode,
@@ -12,12 +21,18 @@ from libra_edge.batch.runner import (
     BatchOptions,
     BatchProgress,
     BatchSummary,
+    GuardLike,
     fingerprint,
+    load_guard,
     processing_order,
+    resume_settings,
 )
+from libra_edge.batch.transcripts import INPUT_FORMATS, TURN_SELECTIONS
 
 __all__ = [
     "ANALYSIS_MODES",
+    "INPUT_FORMATS",
+    "TURN_SELECTIONS",
     "AnalysisMode",
     "BatchInput",
     "BatchJob",
@@ -25,11 +40,15 @@ __all__ = [
     "BatchProgress",
     "BatchSummary",
     "FieldMap",
+    "GuardLike",
     "InputIssue",
     "Item",
+    "Placeholder",
     "expand_inputs",
     "fingerprint",
+    "load_guard",
     "processing_order",
     "read_inputs",
     "read_records",
+    "resume_settings",
 ]

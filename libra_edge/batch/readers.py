@@ -1,8 +1,11 @@
-"""Read batch inputs — JSON array, JSONL, CSV, Parquet, or folders of those — into items.
+"""Read batch inputs — JSON array, JSONL, CSV, Parquet, folders of those, or JSONL on stdin — into items.
 
-Bad records do not stop a batch: each is reported as `file:line: reason` and skipped
-(unless `strict`). Whole-file problems (not UTF-8, not a JSON array, pyarrow missing)
-stop with one clear error before any work starts.
+A record is a flat (question, response) pair or a chat transcript (OpenAI `messages`,
+ShareGPT `conversations`; see `transcripts`), detected per file or named by `format`.
+Bad records do not stop a batch: each is reported as `file:line: reason`, skipped
+(unless `strict`) and kept as a `Placeholder`, so that every input record still has
+its row in the output. Whole-file problems (not UTF-8, not a JSON array, pyarrow
+missing) stop with one clear error before any work starts.
 """
 
 from __future__ import annotations
@@ -14,17 +17,31 @@ import decimal
 import hashlib
 import io
 import json
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from libra_edge.batch.fields import FieldMap
+from libra_edge.batch.transcripts import (
+    INPUT_FORMATS,
+    TRANSCRIPT_KEYS,
+    InputFormat,
+    MalformedConversation,
+    TranscriptFormat,
+    TurnSelection,
+    detect_format,
+    read_conversation,
+)
 from libra_edge.errors import InputError
 from libra_edge.store.export import ADDED_KEYS
 
 SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 PARQUET_HINT = "pip install 'libra-edge[parquet]'"
+STDIN = "-"
+"""The input name that reads JSONL from standard input."""
+STDIN_NAME = "<stdin>"
 # Responses can be megabytes; the csv module's default field limit is 128 KiB.
 csv.field_size_limit(2**31 - 1)
 
@@ -45,6 +62,28 @@ class Item:
     file: str
     line: int
     """Line of a JSONL/CSV record, 1-based record number in a JSON array or Parquet file."""
+    conversation_id: str | None = None
+    """Transcripts: the conversation's `id`/`conversation_id` field, else `file:line`."""
+    turn_index: int | None = None
+    """Transcripts: position of the judged assistant message in the conversation (0-based)."""
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    """An input record that yields no item (malformed, nothing to judge): its output row says why."""
+
+    seq: int
+    """Its position among the outputs, like `Item.seq`."""
+    file: str
+    line: int
+    reason: str
+    fields: dict[str, Any]
+    """The record's fields when it was an object (so ids and gold labels stay visible), else empty."""
+
+    @property
+    def where(self) -> str:
+        """`file:line` of the record."""
+        return f"{self.file}:{self.line}"
 
 
 @dataclass(frozen=True)
@@ -70,11 +109,22 @@ class BatchInput:
     items: list[Item] = field(default_factory=list)
     issues: list[InputIssue] = field(default_factory=list)
     file_digests: list[str] = field(default_factory=list)
+    placeholders: list[Placeholder] = field(default_factory=list)
+    """One per record that yields no item, in the same sequence as `items`."""
+    formats: dict[str, str] = field(default_factory=dict)
+    """The record format of each file (`pairs`, `messages`, `conversations`)."""
+    labels: list[str] = field(default_factory=list)
+    """Each file read, in order, or `-` for stdin: what a run records and resumes from."""
 
     @property
     def skipped(self) -> int:
-        """Records that could not be read and are not in `items`."""
-        return sum(1 for issue in self.issues if issue.kind == "skipped")
+        """Records that could not be read and are not in `items` (each has a placeholder)."""
+        return len(self.placeholders)
+
+    @property
+    def records(self) -> int:
+        """Output rows the inputs make: one per item plus one per placeholder."""
+        return len(self.items) + len(self.placeholders)
 
     @property
     def digest(self) -> str:
@@ -109,43 +159,144 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def read_inputs(inputs: Sequence[str | Path], fields: FieldMap | None = None, *, strict: bool = False) -> BatchInput:
-    """Read every input into items (global input order); `strict` stops at the first bad record."""
+def read_inputs(
+    inputs: Sequence[str | Path],
+    fields: FieldMap | None = None,
+    *,
+    strict: bool = False,
+    format: InputFormat = "auto",
+    turns: TurnSelection = "all",
+    stdin: IO[bytes] | None = None,
+) -> BatchInput:
+    """Read every input into items (global input order); `strict` stops at the first bad record.
+
+    `format`: `auto` detects each file's records (a `messages` or `conversations` list
+    makes a transcript file, anything else flat pairs); the others force one format.
+    `turns`: `all` judges every assistant turn of a transcript, `last` only its last.
+    `-` among the inputs reads JSONL from `stdin` (default: the process's standard input).
+    """
+    if format not in INPUT_FORMATS:
+        raise InputError(f"format: expected {', '.join(INPUT_FORMATS)}, got {format!r}")
     fields = fields or FieldMap()
-    batch = BatchInput(files=expand_inputs(inputs), fields=fields)
-    first_seen: dict[str, str] = {}
-    for path in batch.files:
-        data = _read_bytes(path)
+    sources: list[tuple[str, bytes, str]] = []  # (name, content, record format by suffix)
+    files: list[Path] = []
+    labels: list[str] = []
+    for raw in inputs:
+        if str(raw) == STDIN:
+            data = (stdin or sys.stdin.buffer).read()
+            sources.append((STDIN_NAME, data, "jsonl"))
+            labels.append(STDIN)
+            continue
+        for path in expand_inputs([raw]):
+            files.append(path)
+            labels.append(str(path))
+            sources.append((str(path), _read_bytes(path), SUFFIX_FORMATS.get(path.suffix.lower(), "jsonl")))
+    batch = BatchInput(files=files, fields=fields, labels=labels)
+    reader = _Reader(batch, fields, strict=strict, turns=turns)
+    for name, data, suffix_format in sources:
         batch.file_digests.append(hashlib.sha256(data).hexdigest())
-        name = str(path)
-        records = list(_records(path, data))
+        records = list(_records(Path(name), data, suffix_format))
         if not records:
             batch.issues.append(InputIssue("warning", name, None, "empty: no records"))
             continue
-        _check_mapping(name, [r for r in records if isinstance(r[1], dict)], fields)
-        clashes = sorted({k for _, rec in records if isinstance(rec, dict) for k in rec if k in ADDED_KEYS})
-        if clashes:
-            batch.issues.append(InputIssue(
-                "warning", name, None,
-                f"field(s) {', '.join(clashes)} will be replaced by libra-edge's in the output"))
-        for line, record in records:
-            issue, item = _item(name, line, record, fields, len(batch.items))
-            if issue is not None:
-                if strict:
-                    raise InputError(f"{issue} (stopped: --strict)")
-                batch.issues.append(issue)
-                continue
-            assert item is not None
-            if item.item_id is not None:
-                where = f"{name}:{line}"
-                if item.item_id in first_seen:
-                    batch.issues.append(InputIssue(
-                        "warning", name, line,
-                        f"duplicate id {item.item_id!r} (first at {first_seen[item.item_id]}); both kept"))
-                else:
-                    first_seen[item.item_id] = where
-            batch.items.append(item)
+        record_format = format if format != "auto" else _detect(records)
+        batch.formats[name] = record_format
+        reader.read_file(name, records, record_format)
     return batch
+
+
+def _detect(records: list[tuple[int, Any]]) -> str:
+    """A file's record format, from its first readable record."""
+    for _, record in records:
+        if isinstance(record, (dict, list)):
+            return detect_format(record) or "pairs"
+    return "pairs"
+
+
+class _Reader:
+    """Turns one file's records into items and placeholders, numbering them across files."""
+
+    def __init__(self, batch: BatchInput, fields: FieldMap, *, strict: bool, turns: TurnSelection) -> None:
+        self.batch, self.fields, self.strict, self.turns = batch, fields, strict, turns
+        self.first_seen: dict[str, str] = {}
+
+    @property
+    def next_seq(self) -> int:
+        return self.batch.records
+
+    def read_file(self, name: str, records: list[tuple[int, Any]], record_format: str) -> None:
+        objects = [r for r in records if isinstance(r[1], dict)]
+        if record_format == "pairs":
+            _check_mapping(name, objects, self.fields)
+        else:
+            key = TRANSCRIPT_KEYS[record_format]
+            if objects and not any(key in rec for _, rec in objects) and not any(
+                    isinstance(rec, list) for _, rec in records):
+                present = list(dict.fromkeys(k for _, rec in objects[:50] for k in rec))
+                raise InputError(f"{name}: no record has a {key!r} field (fields: {', '.join(map(str, present))})",
+                                 hint="is this the right --format?")
+        clashes = sorted({k for _, rec in objects for k in rec if k in ADDED_KEYS})
+        if clashes:
+            self.batch.issues.append(InputIssue(
+                "warning", name, None, f"field(s) {', '.join(clashes)} will be replaced by libra-edge's in the output"))
+        for line, record in records:
+            if record_format == "pairs":
+                issue, item = _item(name, line, record, self.fields, self.next_seq)
+                if issue is not None:
+                    self.skip(issue, record)
+                    continue
+                assert item is not None
+                self.check_duplicate(name, line, item.item_id)
+                self.batch.items.append(item)
+            else:
+                self.read_conversation(name, line, record, record_format)  # type: ignore[arg-type]
+
+    def read_conversation(self, name: str, line: int, record: Any, fmt: TranscriptFormat) -> None:
+        if isinstance(record, InputIssue):
+            self.skip(record, None)
+            return
+        try:
+            conv = read_conversation(record, fmt, turns=self.turns)
+        except MalformedConversation as exc:
+            self.skip(InputIssue("skipped", name, line, str(exc)), record)
+            return
+        for note in conv.notes:
+            self.batch.issues.append(InputIssue("warning", name, line, note))
+        others = conv.other_fields
+        given = _text(others.get(self.fields.id)) or _text(others.get("conversation_id"))
+        conversation_id = given or f"{name}:{line}"
+        if given is not None:
+            self.check_duplicate(name, line, given)
+        key = TRANSCRIPT_KEYS[fmt]
+        for turn in conv.turns:
+            row_fields = {**others, "conversation_id": conversation_id, "turn_index": turn.index,
+                          "question": turn.question, "response": turn.response}
+            # The whole conversation stays in the store (the TUI shows it); exports drop it.
+            row_fields[key] = record[key] if isinstance(record, dict) else record
+            self.batch.items.append(Item(
+                seq=self.next_seq, question=turn.question, response=turn.response, fields=row_fields,
+                item_id=given, source=_optional(others, self.fields.source),
+                category=_optional(others, self.fields.category),
+                sub_category=_optional(others, self.fields.sub_category),
+                file=name, line=line, conversation_id=conversation_id, turn_index=turn.index,
+            ))
+
+    def skip(self, issue: InputIssue, record: Any) -> None:
+        if self.strict:
+            raise InputError(f"{issue} (stopped: --strict)")
+        self.batch.issues.append(issue)
+        self.batch.placeholders.append(Placeholder(
+            seq=self.next_seq, file=issue.file, line=issue.line or 0, reason=issue.message,
+            fields=dict(record) if isinstance(record, dict) else {}))
+
+    def check_duplicate(self, name: str, line: int, item_id: str | None) -> None:
+        if item_id is None:
+            return
+        if item_id in self.first_seen:
+            self.batch.issues.append(InputIssue(
+                "warning", name, line, f"duplicate id {item_id!r} (first at {self.first_seen[item_id]}); both kept"))
+        else:
+            self.first_seen[item_id] = f"{name}:{line}"
 
 
 def read_records(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[InputIssue]]:
@@ -194,9 +345,9 @@ def _encoding_hint(path: Path, data: bytes) -> str:
     return f"convert it to UTF-8 first, e.g. `iconv -f ENCODING -t UTF-8 {path} > utf8{path.suffix}`"
 
 
-def _records(path: Path, data: bytes) -> Iterator[tuple[int, Any]]:
+def _records(path: Path, data: bytes, fmt: str | None = None) -> Iterator[tuple[int, Any]]:
     """(line, record) pairs of one file; a malformed record is yielded as an `InputIssue`."""
-    fmt = SUFFIX_FORMATS.get(path.suffix.lower(), "jsonl")  # like the authors' script
+    fmt = fmt or SUFFIX_FORMATS.get(path.suffix.lower(), "jsonl")  # other suffixes: JSONL, like the authors' script
     if fmt == "parquet":
         yield from _parquet_records(path, data)
         return
@@ -331,18 +482,20 @@ def _item(name: str, line: int, record: Any, fields: FieldMap, seq: int) -> tupl
             return InputIssue("skipped", name, line, f"field {key!r} is {kind}, not text"), None
         texts[role] = value
 
-    def optional(key: str) -> str | None:
-        return _text(record.get(key)) if record.get(key) not in (None, "") else None
-
     return None, Item(
         seq=seq,
         question=texts["question"],
         response=texts["response"],
         fields=record,
-        item_id=optional(fields.id),
-        source=optional(fields.source),
-        category=optional(fields.category),
-        sub_category=optional(fields.sub_category),
+        item_id=_optional(record, fields.id),
+        source=_optional(record, fields.source),
+        category=_optional(record, fields.category),
+        sub_category=_optional(record, fields.sub_category),
         file=name,
         line=line,
     )
+
+
+def _optional(record: dict[str, Any], key: str) -> str | None:
+    """A field's text, or None when it is absent or empty."""
+    return _text(record.get(key)) if record.get(key) not in (None, "") else None

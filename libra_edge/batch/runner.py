@@ -1,17 +1,23 @@
 """Run a batch: check items with a Guard, commit each verdict to the store, resume where stopped.
 
     batch = read_inputs(["logs.jsonl"])
-    with Guard.load(model) as guard, open_store() as store:
+    with Guard.load(model, EngineSettings(...)) as guard, open_store() as store:
         job = BatchJob.open(store, guard, batch, BatchOptions(analysis="flagged"))
         summary = job.execute(on_progress=print, cancel=threading.Event())
 
-The CLI and the TUI drive runs through this same API; only they draw progress.
+    # continue a stored run: its verdict settings, this machine's speed settings
+    settings = resume_settings(store.run(run_id), threads=4)
+
+Every input record ends as one stored row: a verdict, a failure (retried on resume) or a
+placeholder saying why the record was skipped. The CLI and the TUI drive runs through
+this same API; only they draw progress.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -20,55 +26,71 @@ from typing import Any, Literal, Protocol
 
 from libra_edge.batch.fields import FieldMap
 from libra_edge.batch.readers import BatchInput, Item
-from libra_edge.errors import LibraError
+from libra_edge.batch.transcripts import INPUT_FORMATS, TURN_SELECTIONS
+from libra_edge.engine import Guard
+from libra_edge.engine.prompt import PROMPT_TEMPLATE_VERSION
+from libra_edge.engine.settings import EngineSettings
+from libra_edge.errors import DiskFullError, LibraError
 from libra_edge.store import RunRow, Store
 
 AnalysisMode = Literal["all", "flagged", "none"]
 ANALYSIS_MODES: tuple[str, ...] = ("all", "flagged", "none")
-
-# Engine settings that change speed but not verdicts: a run may resume with other values.
-# (`n_ctx` is the whole context, `parallel` sequences' worth; what decides truncation, and
-# so verdicts, is each sequence's share, `n_ctx_seq`, which stays in the fingerprint.)
-_UNFINGERPRINTED = ("threads", "gpu_layers", "gpu_offload_compiled", "parallel", "n_batch", "mmap", "n_ctx")
+# Verdict fields the store keeps, with what their absence means (a Verdict-like object
+# that lacks them judged one window of the text as given).
+_VERDICT_DEFAULTS: tuple[tuple[str, Any], ...] = (
+    ("windows", 1), ("window", 0), ("span", None), ("normalized", False), ("analysis_cut", False))
+# Failures listed in a summary (all of them are in the store).
+_FAILURES_SHOWN = 5
 
 
 class GuardLike(Protocol):
-    """What the runner needs from `libra_edge.engine.Guard`.
-
-    A Guard may also offer `check_many(pairs, *, analysis) -> list[Verdict]` (several
-    sequences decoded together in one context) and `parallel: int`; the runner then
-    hands it chunks of `parallel` items instead of one at a time.
-    """
+    """What the runner needs from `libra_edge.engine.Guard`."""
 
     info: Any
-    settings: dict[str, Any]
+    """`GGUFInfo`: `path`, `name`, `quant`."""
+    settings: EngineSettings
+    """The effective settings: their verdict fields make the run's fingerprint."""
+    parallel: int
+    """Sequences decoded together: `check_many` gets chunks of this many items."""
 
     def check(self, question: str, response: str, *, analysis: bool = True) -> Any: ...
+
+    def check_many(self, pairs: Sequence[tuple[str, str]], *, analysis: bool = True) -> Sequence[Any]: ...
 
 
 @dataclass(frozen=True)
 class BatchOptions:
-    """How a run checks its items; part of the run's identity (fingerprint)."""
+    """How a run reads and checks its items; part of the run's identity (fingerprint)."""
 
     analysis: AnalysisMode = "all"
     """`all`: every item gets an analysis; `flagged`: only unsafe ones (a fast check
     first); `none`: verdict and score only (`--fast`)."""
     fields: FieldMap = field(default_factory=FieldMap)
     strict: bool = False
+    format: str = "auto"
+    """Record format: `auto` (detected per file), `pairs`, `messages`, `conversations`."""
+    turns: str = "all"
+    """Transcripts: judge `all` assistant turns or only the `last` of each conversation."""
 
     def __post_init__(self) -> None:
         if self.analysis not in ANALYSIS_MODES:
             raise LibraError(f"analysis: expected all, flagged or none, got {self.analysis!r}")
+        if self.format not in INPUT_FORMATS:
+            raise LibraError(f"format: expected {', '.join(INPUT_FORMATS)}, got {self.format!r}")
+        if self.turns not in TURN_SELECTIONS:
+            raise LibraError(f"turns: expected all or last, got {self.turns!r}")
 
     def to_json(self) -> dict[str, Any]:
         """Stored with the run (`RunRow.options`)."""
-        return {"analysis": self.analysis, "fields": self.fields.to_json(), "strict": self.strict}
+        return {"analysis": self.analysis, "fields": self.fields.to_json(), "strict": self.strict,
+                "format": self.format, "turns": self.turns}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BatchOptions:
-        """The options a stored run was made with."""
+        """The options a stored run was made with (runs before transcripts: pairs, all turns)."""
         return cls(analysis=data.get("analysis", "all"), fields=FieldMap.from_json(data.get("fields")),
-                   strict=bool(data.get("strict", False)))
+                   strict=bool(data.get("strict", False)), format=str(data.get("format", "auto")),
+                   turns=str(data.get("turns", "all")))
 
 
 @dataclass(frozen=True)
@@ -101,23 +123,63 @@ class BatchSummary:
     done_now: int
     flagged: int
     errors: int
+    """Items whose check failed (stored with the error; a rerun retries them)."""
     skipped: int
+    """Input records that yield no item (each has a placeholder row)."""
     elapsed_s: float
     message: str | None = None
+    truncated: int = 0
+    """Items whose text was cut to fit the context."""
+    chunked: int = 0
+    """Items whose response was judged in more than one window."""
+    failures: tuple[str, ...] = ()
+    """The first few failures of this call, as `file:line: error`."""
 
     @property
     def items_per_s(self) -> float:
         """Throughput of this call."""
         return self.done_now / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
+    @property
+    def complete(self) -> bool:
+        """Finished, with no record skipped and no item failed."""
+        return self.status == "finished" and not self.errors and not self.skipped
 
-def fingerprint(batch: BatchInput, options: BatchOptions, model_sha256: str, settings: dict[str, Any]) -> str:
+
+class GroupFailure(Exception):
+    """A parallel group's `check_many` failed: each of its items is a failure with this message."""
+
+
+def resume_settings(run: RunRow, **speed: Any) -> EngineSettings:
+    """The settings to load a Guard with to continue `run`: the CLI's and the TUI's resume.
+
+    Verdict-relevant settings (context per sequence, threshold, max tokens, long-text
+    mode, normalisation, GPU layers) are the run's own, so the resumed run has the same
+    fingerprint; speed settings (`parallel`, `threads`, `mmap`, `verbose`) are the run's
+    unless given here (None keeps the run's). Naming a verdict setting raises LibraError.
+    """
+    verdict = sorted(set(speed) & set(EngineSettings.verdict_fields()))
+    if verdict:
+        raise LibraError(f"run {run.id}: {', '.join(verdict)} decide verdicts and cannot change on resume",
+                         hint="start a new run to use other values")
+    return EngineSettings.from_stored(run.settings).replace(**{k: v for k, v in speed.items() if v is not None})
+
+
+def load_guard(model: str | os.PathLike[str], settings: EngineSettings) -> Guard:
+    """`Guard.load(model, settings)`: the guard a run (CLI or TUI) checks with."""
+    return Guard.load(model, settings)
+
+
+def fingerprint(batch: BatchInput, options: BatchOptions, model_sha256: str, settings: EngineSettings) -> str:
     """Identity of a run: same inputs, model, verdict-relevant settings and mode = same run."""
     payload = {
         "inputs": batch.digest,
         "model": model_sha256,
-        "settings": {k: v for k, v in sorted(settings.items()) if k not in _UNFINGERPRINTED},
+        "settings": settings.verdict_key(),
+        "prompt": PROMPT_TEMPLATE_VERSION,
         "analysis": options.analysis,
+        "format": options.format,
+        "turns": options.turns,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -135,22 +197,40 @@ def processing_order(items: Iterable[Item]) -> list[Item]:
     return [item for group in groups.values() for item in group]
 
 
-def _describe_mismatch(run: RunRow, batch: BatchInput, options: BatchOptions, sha: str,
-                       settings: dict[str, Any]) -> str:
+def verdict_record(verdict: Any) -> dict[str, Any]:
+    """`Verdict.to_dict()` with every field the store keeps (older engines' defaults filled in)."""
+    record = dict(verdict.to_dict())
+    for name, default in _VERDICT_DEFAULTS:
+        record.setdefault(name, getattr(verdict, name, default))
+    return record
+
+
+def _describe_mismatch(run: RunRow, options: BatchOptions, sha: str, settings: EngineSettings) -> str:
     """Why a run cannot be resumed with these inputs/model/settings, in words."""
     reasons = []
     if run.model_sha256 != sha:
         reasons.append(f"it used model {run.model_name} (sha256 {run.model_sha256[:12]}…), not this one")
-    if run.options.get("analysis") != options.analysis:
-        reasons.append(f"it used --analysis {run.options.get('analysis')}, not {options.analysis}")
-    if FieldMap.from_json(run.options.get("fields")) != options.fields:
+    stored = BatchOptions.from_json(run.options)
+    for name in ("analysis", "format", "turns"):
+        if getattr(stored, name) != getattr(options, name):
+            reasons.append(f"it used --{name} {getattr(stored, name)}, not {getattr(options, name)}")
+    if stored.fields != options.fields:
         reasons.append("it used other field names")
-    for key, value in settings.items():
-        if key not in _UNFINGERPRINTED and run.settings.get(key) != value:
-            reasons.append(f"its {key} was {run.settings.get(key)!r}, now {value!r}")
+    try:
+        before = EngineSettings.from_stored(run.settings).verdict_key()
+    except LibraError:
+        before = {}
+    for key, value in settings.verdict_key().items():
+        if before.get(key) != value:
+            reasons.append(f"its {key} was {before.get(key)!r}, now {value!r}")
     if not reasons:
         reasons.append("the input files changed since")
     return "; ".join(reasons)
+
+
+def _stored_settings(settings: EngineSettings) -> dict[str, Any]:
+    """What a run records: every setting and the prompt template's version."""
+    return {**settings.to_dict(), "prompt_template_version": PROMPT_TEMPLATE_VERSION}
 
 
 class BatchJob:
@@ -172,33 +252,36 @@ class BatchJob:
              resume: int | None = None, new: bool = False) -> BatchJob:
         """Continue run `resume`, else the run with the same fingerprint, else start one.
 
-        `new=True` always starts a fresh run. Raises LibraError when `resume` names a run
-        made from other inputs, model or settings, or one another process is running.
+        `new=True` always starts a fresh run. The inputs' placeholders (records that yield
+        no item) are stored at once. Raises LibraError when `resume` names a run made from
+        other inputs, model or settings, or one another process is running.
         """
         if not batch.items:
-            raise LibraError("no items to check", hint="every input record was empty or unreadable")
+            hint = "; ".join(str(i) for i in batch.issues[:3]) or "every input record was empty or unreadable"
+            raise LibraError("no items to check", hint=hint)
         sha = store.file_sha256(guard.info.path)
-        settings = dict(guard.settings)
+        settings = guard.settings
         fp = fingerprint(batch, options, sha, settings)
         run: RunRow | None = None
         if resume is not None:
             run = store.run(resume)
             if run.fingerprint != fp:
-                raise LibraError(f"cannot resume run {resume}: "
-                                 f"{_describe_mismatch(run, batch, options, sha, settings)}")
+                raise LibraError(f"cannot resume run {resume}: {_describe_mismatch(run, options, sha, settings)}")
         elif not new:
             run = store.find_run(fp)
         if run is None:
             run_id = store.create_run(
-                fingerprint=fp, inputs=[str(p.resolve()) for p in batch.files],
+                fingerprint=fp, inputs=[_input_label(label) for label in batch.labels],
                 model_path=str(guard.info.path), model_name=guard.info.name, model_sha256=sha,
-                quant=getattr(guard.info, "quant", None), settings=settings,
-                prompt_template_version=str(settings.get("prompt_template_version", "")),
+                quant=getattr(guard.info, "quant", None), settings=_stored_settings(settings),
+                prompt_template_version=PROMPT_TEMPLATE_VERSION,
                 options=options.to_json(), total=len(batch.items), skipped=batch.skipped,
             )
+            store.add_placeholders(run_id, batch.placeholders)
             return cls(store, guard, batch, options, store.run(run_id), resumed=False)
         job = cls(store, guard, batch, options, run, resumed=True)
         if not job.pending:  # complete already (perhaps killed right after its last commit)
+            store.add_placeholders(run.id, batch.placeholders)
             if run.status != "finished":
                 store.finish_run(run.id, "finished")
             return job
@@ -206,12 +289,13 @@ class BatchJob:
             raise LibraError(f"run {run.id} is being checked by another process right now",
                              hint="wait for it, or stop it (Ctrl-C) and resume")
         store.claim_run(run.id, total=len(batch.items), skipped=batch.skipped)
+        store.add_placeholders(run.id, batch.placeholders)
         return job
 
     @property
     def n_parallel(self) -> int:
-        """Items handed to the guard at once (1 unless it offers `check_many`)."""
-        if not hasattr(self.guard, "check_many"):
+        """Items handed to the guard at once (its `parallel`; 1 without `check_many`)."""
+        if not callable(getattr(self.guard, "check_many", None)):
             return 1
         return max(1, int(getattr(self.guard, "parallel", 1)))
 
@@ -220,7 +304,8 @@ class BatchJob:
         """Check the pending items, committing each result; stop early when `cancel` is set.
 
         Returns how the run ended; the run's status in the store says the same. A
-        KeyboardInterrupt marks the run `interrupted` and propagates.
+        KeyboardInterrupt marks the run `interrupted` and propagates; so does a full disk
+        (`DiskFullError`, saying how much space the rest needs: every stored item is kept).
         """
         cancel = cancel or threading.Event()
         run = self.store.run(self.run_id)
@@ -228,6 +313,7 @@ class BatchJob:
         total = len(self.batch.items)
         t0 = time.perf_counter()
         done_now = 0
+        failures: list[str] = []
         status: Literal["finished", "interrupted", "failed"] = "interrupted"
         message: str | None = None
         try:
@@ -243,6 +329,8 @@ class BatchJob:
                     counts["done"] += 1
                     if isinstance(outcome, Exception):
                         counts["errors"] += 1
+                        if len(failures) < _FAILURES_SHOWN:
+                            failures.append(f"{item.file}:{item.line}: {_describe(outcome)}")
                     elif outcome.unsafe:
                         counts["flagged"] += 1
                     if on_progress is not None:
@@ -258,37 +346,53 @@ class BatchJob:
         except KeyboardInterrupt:
             status, message = "interrupted", "stopped by Ctrl-C"
             raise
+        except DiskFullError:
+            status, message = "interrupted", "disk full"
+            left = len(self.pending) - done_now
+            raise self.store.disk_full(left) from None
         except Exception as exc:
-            status, message = "failed", f"{type(exc).__name__}: {exc}"
+            status, message = "failed", _describe(exc)
             raise
         finally:
-            self.store.finish_run(self.run_id, status, message)
-            self.pending = [i for i in self.pending
-                            if i.seq not in self.store.done_seqs(self.run_id, include_errors=False)]
+            try:
+                self.store.finish_run(self.run_id, status, message)
+            except DiskFullError:
+                pass  # the run reads as interrupted once this process is gone
+            done = self.store.done_seqs(self.run_id, include_errors=False)  # once, not per item
+            self.pending = [i for i in self.pending if i.seq not in done]
         final = self.store.run(self.run_id)
         return BatchSummary(run_id=self.run_id, status=status, total=total, done=final.done,
                             done_now=done_now, flagged=final.flagged, errors=final.errors,
-                            skipped=self.batch.skipped, elapsed_s=time.perf_counter() - t0, message=message)
+                            skipped=self.batch.skipped, elapsed_s=time.perf_counter() - t0, message=message,
+                            truncated=final.truncated, chunked=final.chunked, failures=tuple(failures))
 
     # -- checking ------------------------------------------------------------------------
     def _check_chunk(self, chunk: Sequence[Item]) -> list[Any]:
         """Verdicts (or the exception each item raised) for a chunk, per the analysis mode."""
         first = self._check_many(chunk, analysis=self.options.analysis == "all")
         if self.options.analysis == "flagged":
-            # A fast check decided; only unsafe items pay for generating an analysis.
-            # The engine keeps this prompt's KV state, so the second pass only decodes.
+            # A fast check decided; only unsafe items pay for generating an analysis. The
+            # engine keeps this prompt's KV state, so the second pass re-evaluates only
+            # the tokens after the shared prefix before it decodes.
             unsafe = [i for i, v in enumerate(first) if not isinstance(v, Exception) and v.unsafe]
             for i, verdict in zip(unsafe, self._check_many([chunk[i] for i in unsafe], analysis=True)):
                 first[i] = verdict
         return first
 
     def _check_many(self, items: Sequence[Item], *, analysis: bool) -> list[Any]:
-        check_many = getattr(self.guard, "check_many", None)
-        if check_many is not None and len(items) > 1:
+        if self.n_parallel > 1 and len(items) > 1:
             try:
-                return list(check_many([(i.question, i.response) for i in items], analysis=analysis))
-            except Exception:  # one bad item must not fail its neighbours: retry one by one
-                pass
+                verdicts = list(self.guard.check_many([(i.question, i.response) for i in items], analysis=analysis))
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as exc:
+                # Recorded against every item of the group (a rerun retries them), never dropped.
+                failure = GroupFailure(f"its parallel group of {len(items)} failed: {_describe(exc)}")
+                return [failure] * len(items)
+            if len(verdicts) != len(items):
+                failure = GroupFailure(f"its parallel group of {len(items)} returned {len(verdicts)} verdicts")
+                return [failure] * len(items)
+            return verdicts
         outcomes: list[Any] = []
         for item in items:
             try:
@@ -304,9 +408,25 @@ class BatchJob:
         if isinstance(outcome, Exception):
             error = str(outcome) or type(outcome).__name__
         else:
-            verdict = outcome.to_dict()
+            verdict = verdict_record(outcome)
         self.store.add_result(
             self.run_id, seq=item.seq, question=item.question, response=item.response, fields=item.fields,
             verdict=verdict, error=error, item_id=item.item_id, source=item.source, category=item.category,
             sub_category=item.sub_category, input_file=item.file, input_line=item.line,
+            conversation_id=item.conversation_id, turn_index=item.turn_index,
         )
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as one line: its message, or its class name when it has none."""
+    if isinstance(exc, (LibraError, GroupFailure)):
+        return str(exc)
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _input_label(label: str) -> str:
+    """How a run records one input: `-` for stdin, else the absolute path."""
+    from pathlib import Path
+
+    return label if label == "-" else str(Path(label).expanduser().resolve())

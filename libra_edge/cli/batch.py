@@ -1,71 +1,130 @@
-"""`libra-edge batch`: check whole files of (question, response) pairs, resumably, into SQLite and JSONL."""
+"""`libra-edge batch`: check whole files of pairs or chat transcripts, resumably, into SQLite and JSONL/JSON/CSV."""
 
 from __future__ import annotations
 
 import argparse
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
+from libra_edge.batch.transcripts import INPUT_FORMATS, TURN_SELECTIONS
 from libra_edge.cli.common import add_model_options, guard_options
-from libra_edge.errors import ExitCode, LibraError
+from libra_edge.engine.settings import LONG_MODES
+from libra_edge.errors import DiskFullError, ExitCode, LibraError
 
 if TYPE_CHECKING:
     from libra_edge.batch import BatchInput, BatchProgress, BatchSummary
+    from libra_edge.engine.settings import EngineSettings
     from libra_edge.store import RunRow, Store
 
 EPILOG = """\
 inputs:
   JSON array (.json), JSONL (.jsonl/.ndjson; other suffixes are read as JSONL), CSV (.csv,
   UTF-8 with a header row; a BOM is fine), Parquet (.parquet, needs pip install
-  'libra-edge[parquet]'), or folders of those. Libra-Test's fields are the defaults:
-  question, response, id, source, category_name, sub_category_name.
+  'libra-edge[parquet]'), folders of those, or - for JSONL on standard input.
+  Records are (question, response) pairs or chat transcripts, detected per file
+  (--format names it):
+    pairs          {"question": ..., "response": ..., ...}; Libra-Test's fields are the
+                   defaults: question, response, id, source, category_name, sub_category_name
+    messages       OpenAI chat: {"messages": [{"role": "system"|"user"|"assistant"|"tool",
+                   "content": "..." or [{"type": "text", "text": "..."}, ...]}], ...}
+                   (text parts are joined; images and other parts are noted and skipped)
+    conversations  ShareGPT: {"conversations": [{"from": "human"|"gpt"|"system", "value": "..."}]}
+  One conversation per JSONL line or per JSON array element. Each assistant turn with
+  text is judged with the user turn before it (--turns last: only the last one).
   A malformed record is reported as FILE:LINE: reason and skipped (--strict stops);
-  duplicate ids are reported and both items kept; an over-long response is cut to fit
-  the context (head and tail kept) and its verdict marked truncated.
+  so is a conversation with no assistant turn; unknown roles are named. Duplicate
+  ids are reported and both items kept.
 
-output (-o OUT.jsonl, in input order):
-  every input field unchanged (so a test set's gold `label` stays the gold label), plus
-    critic   the model's raw JSON reply, as the authors' inference script writes it
-    verdict  {"label", "unsafe", "score", "analysis", "truncated", "error"}: the keys
-             `check --json` prints, in their own object so they never overwrite an
-             input field. `libra-edge eval OUT.jsonl` and the authors' metric script
-             read these files unchanged.
-  -o OUT.csv writes CSV: the input columns, critic, verdict_label, verdict_unsafe, ...
+output (-o OUT, checked before the first item; rows in input order):
+  .jsonl (one object per line), .json (one array) or .csv (UTF-8 with a BOM, so
+  spreadsheet tools show Chinese; --no-bom drops it); - writes JSONL to stdout.
+  Every input record has exactly one row (a transcript: one per judged turn), so for
+  JSONL pairs `wc -l` in equals `wc -l` out:
+    judged   every input field unchanged (so a test set's gold `label` stays the gold
+             label), plus `critic` (the model's raw JSON reply, as the authors' inference
+             script writes it) and `verdict`: {"label", "unsafe", "score", "analysis",
+             "truncated", "error", "status", "input" (FILE:LINE), "windows", "window",
+             "span", "normalized", "analysis_cut"}, in its own object so it never
+             overwrites an input field. `libra-edge eval OUT.jsonl` and the authors'
+             metric script read these files unchanged.
+    skipped  a placeholder: the record's fields (if it had any), critic "", verdict.status
+             "skipped" and verdict.error saying why.
+    failed   the check raised: verdict.status "failed", verdict.error; a rerun retries it.
+  Transcript rows carry the conversation's other fields, conversation_id (its id or
+  conversation_id field, else FILE:LINE), turn_index (the assistant message's position,
+  0-based), question and response.
+  If the run stops early, what is done so far is written to OUT.partial instead (same
+  format, stored rows only); the finished run writes OUT and removes OUT.partial.
+
+long responses (--long):
+  chunk (default) judges a response too long for --ctx in overlapping windows and
+  keeps the highest score (verdict.windows, .window, .span say which window decided);
+  truncate keeps its head and tail (verdict.truncated). --no-normalize judges the text
+  exactly as given (by default NFKC, zero-width/bidi characters removed, full-width
+  ASCII folded; verdict.normalized says when that changed anything).
+
+exit status:
+  0 every record judged; 7 finished, but records were skipped or items failed (each
+  has its row; --allow-skips makes this 0); 8 disk full (the message names the file
+  and the space needed; finished items are kept: free space, run the command again);
+  130 stopped by Ctrl-C; 2 usage, 3 model, 4 input (--strict), as for every command.
 
 resuming:
   Every verdict is committed to the results database as soon as it is made: Ctrl-C, a
   crash or kill -9 loses nothing finished. Run the same command again (same inputs,
-  model and settings) to continue where it stopped, or name the run with --resume.
-  Run it again after it finished to rewrite -o without checking anything.
+  model and settings) to continue where it stopped, or name the run with --resume
+  (it takes the run's inputs, model and verdict settings; --parallel and --threads
+  may differ). Run it again after it finished to rewrite -o without checking anything.
 
 examples:
   libra-edge batch logs.jsonl -o judged.jsonl
   libra-edge batch Libra-Test.json --fast -o preds.jsonl && libra-edge eval preds.jsonl
+  libra-edge batch chats.jsonl --turns last -o last-turns.csv      # OpenAI/ShareGPT transcripts
   libra-edge batch chats.csv --question-field prompt --response-field answer -o out.csv
+  zcat logs.jsonl.gz | libra-edge batch - -o judged.jsonl          # JSONL on stdin
   libra-edge batch exports/ --analysis flagged -o audit.jsonl     # a folder of files
   libra-edge batch --runs                                         # list runs
   libra-edge batch --resume 4 -o judged.jsonl                     # finish run 4
 """
 
+OUTPUT_SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv"}
+
+
+@dataclass(frozen=True)
+class OutputTarget:
+    """Where `-o` writes: a validated file path (None: stdout) and its format."""
+
+    path: Path | None
+    format: str
+    bom: bool
+
+    @property
+    def partial(self) -> Path | None:
+        """Where an incomplete run's rows go (never the final name)."""
+        return None if self.path is None else self.path.with_name(self.path.name + ".partial")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `batch` subcommand."""
     p = sub.add_parser(
-        "batch", help="check whole files of (question, response) pairs, resumably",
-        description="Check every (question, response) pair in the inputs; results go to the "
-        "results database as they are made, and to -o in input order at the end.",
+        "batch", help="check whole files of pairs or chat transcripts, resumably",
+        description="Check every (question, response) pair or assistant turn in the inputs; results "
+        "go to the results database as they are made, and to -o in input order at the end.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="files or folders to check")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="files or folders to check; - reads JSONL from stdin")
     p.add_argument("-o", "--output", metavar="OUT",
-                   help="write results here when the run completes: .jsonl (default) or .csv; - for stdout")
+                   help="write results here when the run completes: .jsonl, .json or .csv (checked "
+                   "before the first item); - for JSONL on stdout")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--fast", action="store_true",
                       help="verdict and score only, no analysis text (same as --analysis none)")
@@ -77,19 +136,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--new-run", action="store_true",
                    help="start a fresh run even if the same inputs were checked before")
     p.add_argument("--runs", action="store_true", help="list the runs in the results database and exit")
-    fields = p.add_argument_group("input fields")
+    p.add_argument("--run-info", type=int, metavar="RUN",
+                   help="print what the database holds about run RUN (model, settings, inputs, counts, "
+                   "times) and exit")
+    p.add_argument("--json", action="store_true", help="with --runs or --run-info: print JSON (stdout)")
+    fields = p.add_argument_group("input records")
+    fields.add_argument("--format", choices=INPUT_FORMATS, default="auto",
+                        help="record format: auto (default: detected per file), pairs, messages "
+                        "(OpenAI chat), conversations (ShareGPT)")
+    fields.add_argument("--turns", choices=TURN_SELECTIONS, default="all",
+                        help="transcripts: judge all assistant turns (default) or only the last of each")
     fields.add_argument("--question-field", default="question", metavar="F", help="default: question")
     fields.add_argument("--response-field", default="response", metavar="F", help="default: response")
     fields.add_argument("--id-field", default="id", metavar="F", help="default: id")
     p.add_argument("--strict", action="store_true",
                    help="stop at the first malformed record instead of reporting and skipping it")
-    p.add_argument("--max-new-tokens", type=int, default=256, metavar="N",
+    p.add_argument("--allow-skips", action="store_true",
+                   help="exit 0 even when records were skipped or items failed (their rows say why)")
+    p.add_argument("--no-bom", action="store_true", help="write CSV output without the UTF-8 BOM")
+    p.add_argument("--max-tokens", "--max-new-tokens", dest="max_tokens", type=int, default=256, metavar="N",
                    help="longest analysis in tokens (default: 256, as the authors)")
-    p.add_argument("--parallel", type=int, default=1, metavar="N",
+    p.add_argument("--parallel", type=int, default=None, metavar="N",
                    help="generate up to N analyses at once, as parallel sequences in one llama.cpp "
                    "context; each gets --ctx tokens, so KV memory grows N times. On a 2-core CPU, 16 give "
-                   "about 1.7x the items/s of one (see the README's benchmarks). Default: 1")
+                   "about 1.7x the items/s of one (see the README's benchmarks). Default: 1 (a resumed "
+                   "run: its own)")
     add_model_options(p)
+    if "--long" not in p._option_string_actions:  # unless the shared model options declare it
+        p.add_argument("--long", choices=LONG_MODES, default="chunk",
+                       help="a response too long for the context: chunk (default: judge every window, "
+                       "the highest score decides) or truncate (keep head and tail)")
+    if "--no-normalize" not in p._option_string_actions:
+        p.add_argument("--no-normalize", action="store_true",
+                       help="judge the text exactly as given (default: NFKC, invisible characters "
+                       "removed, full-width ASCII folded)")
     p.set_defaults(func=run)
 
 
@@ -98,27 +178,60 @@ def run(args: argparse.Namespace) -> int:
     from libra_edge.store import open_store
 
     with open_store() as store:
+        if args.run_info is not None:
+            _print_run_info(store.run(args.run_info), as_json=args.json)
+            return int(ExitCode.OK)
         if args.runs:
-            _print_runs(store.runs())
+            if args.json:
+                _print_runs_json(store.runs())
+            else:
+                _print_runs(store.runs())
             return int(ExitCode.OK)
         return _run_batch(args, store)
 
 
+def output_target(raw: str | None, *, bom: bool = True) -> OutputTarget | None:
+    """`-o` checked before any work: a known suffix, and a folder this process can write in."""
+    if raw is None:
+        return None
+    if raw == "-":
+        return OutputTarget(None, "jsonl", bom)
+    path = Path(raw).expanduser()
+    fmt = OUTPUT_SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        suffix = f"{path.suffix!r}" if path.suffix else "no suffix"
+        raise LibraError(f"-o {raw}: unknown output format ({suffix}); use .jsonl, .json or .csv, or - for stdout")
+    if path.is_dir():
+        raise LibraError(f"-o {raw}: is a folder; name a file in it, e.g. {path / 'results.jsonl'}")
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".libra-edge-probe-"):
+            pass
+    except OSError as exc:
+        raise LibraError(f"-o {raw}: cannot write in {folder}: {exc.strerror or exc}") from None
+    return OutputTarget(path, fmt, bom)
+
+
+def _new_settings(args: argparse.Namespace) -> EngineSettings:
+    """Engine settings for a new run from the command line (`--ctx` is each sequence's share)."""
+    from libra_edge.engine.settings import EngineSettings
+
+    return EngineSettings(**guard_options(args)).replace(
+        max_new_tokens=args.max_tokens, parallel=args.parallel or 1,
+        long=getattr(args, "long", "chunk"), normalize=not getattr(args, "no_normalize", False))
+
+
 def _run_batch(args: argparse.Namespace, store: Store) -> int:
-    from libra_edge.batch import BatchJob, BatchOptions, FieldMap, read_inputs
-    from libra_edge.engine import Guard
+    from libra_edge.batch import BatchJob, BatchOptions, FieldMap, load_guard, read_inputs, resume_settings
     from libra_edge.models import resolve_model
 
-    load_options = guard_options(args)
-    load_options["max_new_tokens"] = args.max_new_tokens
-    if args.max_new_tokens < 1:
-        raise LibraError(f"--max-new-tokens: must be at least 1, got {args.max_new_tokens}")
-    if not 1 <= args.parallel <= 64:
+    if args.max_tokens < 1:
+        raise LibraError(f"--max-tokens: must be at least 1, got {args.max_tokens}")
+    if args.parallel is not None and not 1 <= args.parallel <= 64:
         raise LibraError(f"--parallel: must be between 1 and 64, got {args.parallel}")
-    load_options["parallel"] = args.parallel
-    load_options["n_ctx"] = args.ctx * args.parallel  # --ctx is each sequence's share
+    output = output_target(args.output, bom=not args.no_bom)
     analysis = "none" if args.fast else args.analysis
-    fields = FieldMap(question=args.question_field, response=args.response_field, id=args.id_field)
     model: str | None = args.model
     inputs: list[str] = list(args.inputs)
     if args.resume is not None:
@@ -128,33 +241,53 @@ def _run_batch(args: argparse.Namespace, store: Store) -> int:
             raise LibraError(f"--resume {past.id}: the run uses --analysis {options.analysis}; "
                              "drop the option or start a new run")
         # Verdict-relevant settings come from the run; speed settings from this command.
-        for key in ("n_ctx", "threshold", "max_new_tokens"):
-            if key in past.settings:
-                load_options[key] = past.settings[key]
+        settings = resume_settings(past, parallel=args.parallel, threads=args.threads, verbose=args.verbose)
+        if not inputs and "-" in past.inputs:
+            raise LibraError(f"--resume {past.id}: the run read its input from stdin",
+                             hint=f"pipe the same input again: ... | libra-edge batch - --resume {past.id}")
         inputs = inputs or past.inputs
         model = model or past.model_path
     else:
         if not inputs:
             raise LibraError("give INPUT files or folders to check (or --resume RUN, or --runs)")
-        options = BatchOptions(analysis=analysis or "all", fields=fields, strict=args.strict)
-    batch = read_inputs(inputs, options.fields, strict=args.strict or options.strict)
+        settings = _new_settings(args)
+        fields = FieldMap(question=args.question_field, response=args.response_field, id=args.id_field)
+        options = BatchOptions(analysis=analysis or "all", fields=fields, strict=args.strict,
+                               format=args.format, turns=args.turns)
+    batch = read_inputs(inputs, options.fields, strict=args.strict or options.strict,
+                        format=options.format, turns=options.turns)  # type: ignore[arg-type]
     _print_issues(batch)
     model_path = resolve_model(model)
-    with Guard.load(model_path, **load_options) as guard:
+    with load_guard(model_path, settings) as guard:
         job = BatchJob.open(store, guard, batch, options, resume=args.resume, new=args.new_run)
         done_before = len(batch.items) - len(job.pending)
         verb = "resuming" if job.resumed else "new"
         print(f"run {job.run_id} ({verb}): {len(batch.items)} items, {done_before} already done; "
               f"model {guard.info.name}; analysis {options.analysis}", file=sys.stderr)
-        summary = _execute(job) if job.pending else None
+        try:
+            summary = _execute(job) if job.pending else None
+        except DiskFullError:
+            _write_partial(store, job.run_id, output)
+            raise
     final = store.run(job.run_id)
     _print_summary(final, summary)
     if summary is not None and summary.status != "finished":
+        _write_partial(store, job.run_id, output)
         print(f"libra-edge: resume with: libra-edge batch --resume {job.run_id}"
               + (f" -o {args.output}" if args.output else ""), file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
-    if args.output:
-        _write_output(store, job.run_id, args.output)
+    if output is not None:
+        _write_output(store, job.run_id, output)
+    if (final.errors or final.skipped) and not args.allow_skips:
+        parts = []
+        if final.skipped:
+            parts.append(f"{final.skipped} input record{'s' if final.skipped != 1 else ''} skipped")
+        if final.errors:
+            parts.append(f"{final.errors} item{'s' if final.errors != 1 else ''} failed "
+                         "(run the same command again to retry)")
+        print(f"libra-edge: incomplete: {' and '.join(parts)}; each has a row saying why "
+              f"(exit {int(ExitCode.INCOMPLETE)}; --allow-skips accepts this)", file=sys.stderr)
+        return int(ExitCode.INCOMPLETE)
     return int(ExitCode.OK)
 
 
@@ -265,24 +398,79 @@ def _print_summary(run: RunRow, summary: BatchSummary | None) -> None:
     checked = run.done - run.errors
     share = f" ({run.flagged / checked:.1%})" if checked else ""
     lines = [f"run {run.id} {run.status}: {run.done}/{run.total} items, {run.flagged} flagged{share}, "
-             f"{run.errors} errors, {run.skipped} input records skipped"]
+             f"{run.errors} failed, {run.skipped} input records skipped, {run.truncated} truncated, "
+             f"{run.chunked} chunked"]
     if summary is not None and summary.done_now:
         lines.append(f"  this session: {summary.done_now} items in {_fmt_duration(summary.elapsed_s)} "
                      f"({summary.items_per_s:.2f} items/s)")
     elif summary is None:
         lines.append("  nothing left to check")
+    if summary is not None:
+        lines.extend(f"  failed: {failure}" for failure in summary.failures)
     for line in lines:
         print(line, file=sys.stderr)
 
 
-def _write_output(store: Store, run_id: int, output: str) -> None:
-    fmt = "csv" if output.lower().endswith(".csv") else "jsonl"
-    if output == "-":
-        n = store.export(run_id, sys.stdout, format=fmt)
+def _write_output(store: Store, run_id: int, output: OutputTarget) -> None:
+    if output.path is None:
+        store.export(run_id, sys.stdout, format=output.format, bom=output.bom)
         sys.stdout.flush()
-    else:
-        n = store.export(run_id, Path(output), format=fmt)
-        print(f"  wrote {n} rows to {output}", file=sys.stderr)
+        return
+    n = store.export(run_id, output.path, format=output.format, bom=output.bom)
+    partial = output.partial
+    if partial is not None and partial.exists():
+        partial.unlink()  # superseded by the complete file
+    print(f"  wrote {n} rows to {output.path}", file=sys.stderr)
+
+
+def _write_partial(store: Store, run_id: int, output: OutputTarget | None) -> None:
+    """What an unfinished run has so far, to OUT.partial (never to OUT itself); best effort."""
+    if output is None or output.partial is None:
+        return
+    try:
+        n = store.export(run_id, output.partial, format=output.format, bom=output.bom)
+    except LibraError as exc:
+        print(f"libra-edge: could not write {output.partial}: {exc}", file=sys.stderr)
+        return
+    except OSError as exc:
+        print(f"libra-edge: could not write {output.partial}: {exc.strerror or exc}", file=sys.stderr)
+        return
+    print(f"  wrote {n} rows so far to {output.partial} (incomplete)", file=sys.stderr)
+
+
+def _run_record(run: RunRow) -> dict[str, Any]:
+    """Everything the store holds about a run, JSON-ready, with its remaining items and duration."""
+    import dataclasses
+    from datetime import datetime
+
+    record: dict[str, Any] = dataclasses.asdict(run)
+    record["remaining"] = run.remaining
+    elapsed = None
+    if run.started_at and run.finished_at:
+        elapsed = (datetime.fromisoformat(run.finished_at) - datetime.fromisoformat(run.started_at)).total_seconds()
+    record["elapsed_s"] = elapsed
+    return record
+
+
+def _print_runs_json(runs: list[RunRow]) -> None:
+    """`batch --runs --json`: every run as one JSON array, newest first."""
+    import json
+
+    print(json.dumps([_run_record(r) for r in runs], ensure_ascii=False, indent=1))
+
+
+def _print_run_info(run: RunRow, *, as_json: bool) -> None:
+    """`batch --run-info RUN`: one run's record, as JSON or as aligned `key: value` lines."""
+    import json
+
+    record = _run_record(run)
+    if as_json:
+        print(json.dumps(record, ensure_ascii=False, indent=1))
+        return
+    width = max(len(k) for k in record)
+    for key, value in record.items():
+        text = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value
+        print(f"{key:<{width}}  {'-' if text is None else text}")
 
 
 def _print_runs(runs: list[RunRow]) -> None:

@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 from libra_edge.errors import LibraError
+
+
+def help_from_doc(doc: str | None) -> str:
+    """A subcommand's one-line help: its docstring's first line, without "`libra-edge x`: " or the final period.
+
+    A plain capitalized first word is lowered ("List the models." -> "list the models"),
+    names such as "Libra-Test" or "GGUF" are kept.
+    """
+    lines = (doc or "").strip().splitlines()
+    if not lines or not lines[0].strip():
+        raise ValueError("a subcommand needs a docstring: its first line is the --help text")
+    line = re.sub(r"^`libra-edge [^`]*`(\s*\([^)]*\))?:\s*", "", lines[0].strip()).rstrip(".")
+    rest = line.split(" ", 1)[0][1:].replace("-", "")
+    if line[:1].isupper() and rest.isalpha() and rest.islower():
+        line = line[0].lower() + line[1:]
+    return line
 
 
 def add_verbose_option(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +87,7 @@ def guard_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "gpu_layers": parse_gpu_layers(args.gpu_layers),
         "threads": args.threads,
-        "n_ctx": args.ctx,
+        "ctx_per_seq": args.ctx,
         "threshold": args.threshold,
         "verbose": args.verbose,
     }

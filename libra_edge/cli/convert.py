@@ -1,14 +1,14 @@
-"""`libra-edge convert`: turn a Hugging Face Libra-Guard checkpoint into a GGUF (delegates to `convert/`)."""
+"""`libra-edge convert`: turn a Hugging Face Libra-Guard checkpoint into a GGUF (delegates to `libra_edge.convert`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from convert.cli import DESCRIPTION, EPILOG, add_arguments
+from libra_edge.convert.cli import DESCRIPTION, EPILOG, add_arguments
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `convert` subcommand (options defined once, in convert.cli)."""
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `convert` subcommand (options defined once, in libra_edge.convert.cli)."""
     p = sub.add_parser(
         "convert",
         help="convert a Hugging Face checkpoint (safetensors) into a GGUF model",
@@ -22,6 +22,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the conversion; errors are LibraError subclasses (one line, exit code 6)."""
-    from convert.cli import run as convert_run
+    from libra_edge.convert.cli import run as convert_run
 
-    return convert_run(args)
+    return int(convert_run(args))

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict
 
 from libra_edge.cli.common import add_model_options, guard_options
-from libra_edge.errors import LibraError
+from libra_edge.errors import ExitCode, LibraError
 
 EPILOG = """\
 examples:
@@ -17,7 +17,7 @@ examples:
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "doctor",
         help="show what this build can do and smoke-test the model",
@@ -40,21 +40,29 @@ def run(args: argparse.Namespace) -> int:
     smoke: dict[str, object] = {"ran": False}
     if not args.no_smoke:
         try:
-            info, results = smoke_test(args.model, **guard_options(args))
+            report, results = smoke_test(args.model, **guard_options(args))
         except LibraError as exc:
             smoke = {"ran": False, "error": str(exc)}
         else:
             smoke = {
                 "ran": True,
-                "model": str(info.path),
-                "architecture": info.architecture,
-                "quant": info.quant,
+                "model": report.path,
+                "architecture": report.architecture,
+                "quant": report.quant,
+                "chat_template": report.chat_template,
+                "label_tokens": {
+                    label: [{"id": i, "text": text} for i, text in tokens]
+                    for label, tokens in report.label_tokens.items()
+                },
                 "results": [asdict(r) for r in results],
             }
     if args.json:
         print(json.dumps({"build": asdict(build), "data": data, "smoke": smoke}, ensure_ascii=False, indent=2))
-        return 0
-    print(f"libra-edge {build.libra_edge_version}, llama-cpp-python {build.llama_cpp_python_version}")
+        return _smoke_status(smoke, args.no_smoke)
+    pin = build.llama_cpp_python_pinned
+    found = build.llama_cpp_python_version
+    print(f"libra-edge {build.libra_edge_version}, llama-cpp-python {found} (pinned {pin}"
+          + ("" if found == pin else "; MISMATCH: reinstall with ./install.sh") + ")")
     print(f"GPU offload compiled: {'yes' if build.gpu_offload else 'no (CPU only)'}")
     print(f"CPU: {build.cpu_model}; features: {' '.join(build.cpu_flags) or 'unknown'}")
     print(f"llama.cpp: {build.system_info}")
@@ -67,10 +75,29 @@ def run(args: argparse.Namespace) -> int:
     print(f"  config:   {data['config']}")
     if not smoke["ran"]:
         print("smoke test: " + (f"not run: {smoke['error']}" if "error" in smoke else "skipped"))
-        return 0
-    print(f"smoke test of {smoke['model']} ({smoke['architecture']}, {smoke['quant']}):")
+        return _smoke_status(smoke, args.no_smoke)
+    print(f"model: {smoke['model']} (architecture {smoke['architecture']}, {smoke['quant']})")
+    template = smoke["chat_template"]
+    print("  chat template: " + ("the GGUF's own" if template == "gguf"
+                                 else "fallback (Qwen2.5 ChatML; the GGUF has none)"))
+    for label, tokens in smoke["label_tokens"].items():  # type: ignore[attr-defined]
+        shown = ", ".join(f"{t['text']!r} ({t['id']})" for t in tokens[:8])
+        more = f", ... {len(tokens)} in all" if len(tokens) > 8 else ""
+        print(f"  tokens that begin {label}: {shown}{more}")
+    print("smoke test:")
     for r in smoke["results"]:  # type: ignore[attr-defined]
         ok = "parsed" if r["parsed"] else "UNPARSABLE"
         print(f"  expected {r['expected']:<4} got {r['label']:<4} score {r['score']:.3f}  "
               f"{r['seconds']:.2f} s  {ok}  {r['question']}")
-    return 0
+    return _smoke_status(smoke, args.no_smoke)
+
+
+def _smoke_status(smoke: dict[str, object], skipped: bool) -> int:
+    """Exit 3 (model problem) when the smoke test could not run or a pair came out wrong."""
+    if skipped:
+        return ExitCode.OK
+    results = smoke.get("results")
+    if not smoke.get("ran") or not isinstance(results, list):
+        return ExitCode.MODEL
+    good = all(r["parsed"] and r["label"] == r["expected"] for r in results)
+    return ExitCode.OK if good else ExitCode.MODEL

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from libra_edge.errors import ExitCode, InputError
 
 if TYPE_CHECKING:
-    from libra_edge.metrics import EvalReport
+    from libra_edge.report.metrics import EvalReport
 
 EPILOG = """\
 what is read:
@@ -39,7 +39,7 @@ examples:
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `eval` subcommand."""
     p = sub.add_parser(
         "eval", help="Libra-Test metrics (the authors' definitions) for prediction files",
@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handle `libra-edge eval`."""
-    from libra_edge.metrics import evaluate
+    from libra_edge.report.metrics import evaluate
 
     rows, problems = _read_predictions(args.predictions)
     labels = None

@@ -1,17 +1,21 @@
-"""`libra-edge models`: list, inspect, pull, import, export, verify, remove, pick the default."""
+"""`libra-edge models`: installed models: list, inspect, pull, import, export, verify, rm, default."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from libra_edge import paths
-from libra_edge.cli.common import add_verbose_option
-from libra_edge.errors import ExitCode
+from libra_edge.cli.common import add_verbose_option, help_from_doc
+from libra_edge.errors import ExitCode, LibraError
 from libra_edge.units import human_size
+
+if TYPE_CHECKING:
+    from libra_edge.models.registry import InstalledModel
 
 RAW = argparse.RawDescriptionHelpFormatter
 
@@ -28,10 +32,10 @@ Models live in {models_dir} (set LIBRA_EDGE_HOME to move all data).
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `models` and its subcommands to the top-level parser."""
     p = sub.add_parser(
-        "models", help="installed models: list, pull, import, export, verify, rm, default",
+        "models", help=help_from_doc(__doc__),
         description="Manage the GGUF models libra-edge runs. Only `pull` uses the network.",
         epilog=MODELS_EPILOG.format(models_dir=paths.models_dir()), formatter_class=RAW,
     )
@@ -39,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     msub = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
 
     s = msub.add_parser(
-        "list", help="installed models (* marks the default)", formatter_class=RAW,
+        "list", help=help_from_doc(run_list.__doc__), formatter_class=RAW,
         description="List installed models: name, quantization, size, architecture, source.",
         epilog="Examples:\n  libra-edge models list\n  libra-edge models list --json | jq -r '.[].name'",
     )
@@ -47,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_list)
 
     s = msub.add_parser(
-        "info", help="metadata of an installed model or a GGUF file", formatter_class=RAW,
+        "info", help=help_from_doc(run_info.__doc__), formatter_class=RAW,
         description="Show what a GGUF says about itself (architecture, quantization, context, "
         "parameters, tokenizer, chat template) and its manifest (source, sha256).",
         epilog="Examples:\n  libra-edge models info libra-guard-3b\n"
@@ -58,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_info)
 
     s = msub.add_parser(
-        "pull", help="download from the Hugging Face hub, convert to GGUF, install",
+        "pull", help=help_from_doc(run_pull.__doc__),
         formatter_class=RAW,
         description="Download a checkpoint's safetensors, config and tokenizer files (nothing "
         "else), convert and quantize it to GGUF, and install it with a manifest recording the "
@@ -84,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_pull)
 
     s = msub.add_parser(
-        "import", help="install a GGUF file (e.g. from removable media)", formatter_class=RAW,
+        "import", help=help_from_doc(run_import.__doc__), formatter_class=RAW,
         description="Check a GGUF (header, complete file, architecture, tokenizer, chat "
         "template), hash it while copying it in, and register it. A manifest beside the "
         "file (as `export` writes it) must match: a corrupt copy is refused.",
@@ -100,18 +104,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_import)
 
     s = msub.add_parser(
-        "export", help="copy a model and its manifest into a folder for transfer",
+        "export", help=help_from_doc(run_export.__doc__),
         formatter_class=RAW,
         description="Write NAME.gguf and NAME.manifest.json into DIR (checking the hash as it "
-        "copies), ready for `libra-edge models import` on another machine.",
-        epilog="Example:\n  libra-edge models export libra-guard-3b /media/usb",
+        "copies), ready for `libra-edge models import` on another machine. DIR must exist "
+        "(a drive that is not mounted is an error, not a new local folder) unless --mkdir.",
+        epilog="Examples:\n  libra-edge models export libra-guard-3b /media/usb\n"
+        "  libra-edge models export libra-guard-3b ~/transfer/guard --mkdir",
     )
     s.add_argument("name", metavar="NAME")
     s.add_argument("dest", metavar="DIR", type=Path)
+    s.add_argument("--mkdir", action="store_true", help="create DIR (and its parents) if missing")
     s.set_defaults(func=run_export)
 
     s = msub.add_parser(
-        "verify", help="re-hash installed models against their manifests", formatter_class=RAW,
+        "verify", help=help_from_doc(run_verify.__doc__), formatter_class=RAW,
         description="Recompute each model's sha256 and compare it with its manifest. Prints "
         "OK or CORRUPT/MISSING/BROKEN per model; exits 3 if any model fails.",
         epilog="Examples:\n  libra-edge models verify\n  libra-edge models verify libra-guard-3b",
@@ -120,7 +127,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_verify)
 
     s = msub.add_parser(
-        "rm", help="delete an installed model", formatter_class=RAW,
+        "rm", help=help_from_doc(run_rm.__doc__), formatter_class=RAW,
         description="Delete NAME's GGUF and manifest (and unset it as default).",
         epilog="Example:\n  libra-edge models rm libra-guard-3b-q8_0",
     )
@@ -128,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_rm)
 
     s = msub.add_parser(
-        "default", help="show or set the default model", formatter_class=RAW,
+        "default", help=help_from_doc(run_default.__doc__), formatter_class=RAW,
         description="Without NAME: print the default model. With NAME: make it the default.",
         epilog="Examples:\n  libra-edge models default\n  libra-edge models default libra-guard-7b",
     )
@@ -163,7 +170,7 @@ def _params(n: int | None) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    """Print the installed models."""
+    """List the installed models (* marks the default)."""
     from libra_edge.models import config, registry
 
     models = registry.installed_models()
@@ -192,7 +199,7 @@ def run_list(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _model_dict(m: Any, is_default: bool) -> dict[str, Any]:
+def _model_dict(m: InstalledModel, is_default: bool) -> dict[str, Any]:
     data: dict[str, Any] = {"name": m.name, "path": str(m.path), "default": is_default}
     if m.manifest is not None:
         from dataclasses import asdict
@@ -204,14 +211,14 @@ def _model_dict(m: Any, is_default: bool) -> dict[str, Any]:
     return data
 
 
-def _print_table(rows: list[tuple[str, ...]]) -> None:
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
 def run_info(args: argparse.Namespace) -> int:
-    """Print a model's GGUF metadata and manifest."""
+    """Show the metadata of an installed model or a GGUF file, and its manifest."""
     from libra_edge.models import config, registry
     from libra_edge.models.ggufinfo import read_model_info
     from libra_edge.models.manifest import load_manifest, manifest_path_for
@@ -269,7 +276,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_pull(args: argparse.Namespace) -> int:
-    """Download, convert and install a model from the hub."""
+    """Download from the Hugging Face hub, convert to GGUF, install."""
     from libra_edge.models import config, hub
 
     progress = _ProgressLine("hashing")
@@ -281,7 +288,7 @@ def run_pull(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    """Validate a GGUF file and copy it into the models folder."""
+    """Install a GGUF file (e.g. from removable media), checked against its manifest."""
     from libra_edge.models import config, registry
 
     progress = _ProgressLine(f"importing {args.file.name}")
@@ -295,8 +302,9 @@ def run_import(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _installed_message(model: Any, default: str | None) -> None:
+def _installed_message(model: InstalledModel, default: str | None) -> None:
     mf = model.manifest
+    assert mf is not None  # a model just installed has the manifest it was installed with
     source = f" from {mf.source_repo}@{(mf.source_commit or '?')[:12]}" if mf.source_repo else ""
     print(f"installed {model.name}{source} ({mf.quant}, {human_size(mf.size)}, "
           f"sha256 {mf.sha256[:16]}…)", file=sys.stderr)
@@ -309,11 +317,18 @@ def _installed_message(model: Any, default: str | None) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """Copy a model and its manifest into a folder."""
+    """Copy a model and its manifest into an existing folder, for transfer."""
     from libra_edge.models import registry
 
+    dest = args.dest.expanduser()
+    if not args.mkdir and not dest.exists():
+        # On removable media a missing folder usually means the drive is not mounted:
+        # creating it would silently write gigabytes to the local disk instead.
+        raise LibraError(f"{dest}: no such folder (is the drive mounted?)",
+                         hint="pass --mkdir to create it")
+    registry.get_model(args.name)  # an unknown name is reported before any folder is made
     progress = _ProgressLine(f"exporting {args.name}")
-    target = registry.export_model(args.name, args.dest, progress)
+    target = registry.export_model(args.name, dest, progress)
     progress.finish()
     print(f"exported {args.name}: {target} (+ {target.stem}.manifest.json)", file=sys.stderr)
     print(target)
@@ -321,8 +336,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    """Re-hash installed models; exit 3 if any does not match its manifest."""
-    from libra_edge.models import registry
+    """Re-hash installed models against their manifests (exit 3 if any fails)."""
+    from libra_edge.models import integrity, registry
 
     models = [registry.get_model(args.name)] if args.name else registry.installed_models()
     if not models:
@@ -333,6 +348,7 @@ def run_verify(args: argparse.Namespace) -> int:
         progress = _ProgressLine(f"verifying {m.name}")
         result = registry.verify_model(m, progress)
         progress.finish()
+        integrity.remember(m.name, m.path, result.status, result.detail)
         failed += not result.ok
         print(f"{result.status:8} {m.name}  {result.detail}")
     if failed:
@@ -344,9 +360,10 @@ def run_verify(args: argparse.Namespace) -> int:
 
 def run_rm(args: argparse.Namespace) -> int:
     """Delete an installed model."""
-    from libra_edge.models import registry
+    from libra_edge.models import integrity, registry
 
     model = registry.remove_model(args.name)
+    integrity.forget(model.name)
     print(f"removed {model.name} ({model.path})", file=sys.stderr)
     return ExitCode.OK
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from libra_edge import paths
 from libra_edge.errors import ModelError
+from libra_edge.models import integrity
 
 HOW_TO_GET_ONE = (
     "online: `libra-edge models pull libra-guard-3b`; "
@@ -20,8 +22,9 @@ HOW_TO_GET_ONE = (
 def resolve_model(spec: str | None) -> Path:
     """The GGUF to load: `--model` path or installed name > configured default > the only model.
 
-    Raises ModelError saying exactly how to get a model when none can be chosen. Never
-    opens the network and never reads the GGUF (`Guard.load` validates it).
+    Raises ModelError saying exactly how to get a model when none can be chosen, and
+    refuses an installed model that `models verify` found corrupt. Never opens the
+    network and never reads the GGUF (`Guard.load` validates it).
     """
     from libra_edge.models import config, registry
 
@@ -53,6 +56,8 @@ def _resolve_spec(spec: str) -> Path:
 
     path = Path(spec).expanduser()
     if path.is_file():
+        if path.name.endswith(".gguf") and _same_folder(path.parent, paths.models_dir()):
+            integrity.refuse_if_corrupt(path.name[: -len(".gguf")], path)  # an installed model by path
         return path
     if path.is_dir():
         raise ModelError(f"{spec}: is a folder, expected a GGUF file or an installed model name")
@@ -75,4 +80,12 @@ def _existing_file(path: Path, name: str) -> Path:
             f"model {name!r} is registered but its file {path} is missing",
             hint=f"remove it with `libra-edge models rm {name}` and pull or import it again",
         )
+    integrity.refuse_if_corrupt(name, path)
     return path
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False

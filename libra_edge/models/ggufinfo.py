@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import functools
-import struct
-import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from libra_edge.errors import ModelError
-
-GGUF_MAGIC = b"GGUF"
+from libra_edge.models.gguf_header import (
+    GGUF_MAGIC,
+    GGUFArray,
+    GGUFFormatError,
+    GGUFHeader,
+    TensorInfo,
+    read_header,
+)
 
 # The product runs Libra-Guard, a Qwen2.5 fine-tune: llama.cpp calls that architecture
 # "qwen2". Other architectures still load by path (`--model`), but `models import`
@@ -79,14 +83,14 @@ def quant_name(file_type: int | None) -> str:
 def read_model_info(path: str | Path) -> GGUFInfo:
     """Parse a GGUF's header, metadata and tensor table; raises ModelError naming the problem.
 
-    Cheap: the file is memory-mapped and tensor data is never read. Detects files that are
-    not GGUF, truncated files (tensor data extending beyond the end of the file) and
-    corrupt headers. Does not judge the architecture: see `GGUFInfo.problems()`.
+    Cheap: the file is memory-mapped, tensor data is never read and arrays (the
+    vocabulary) are only counted. Detects files that are not GGUF, truncated files
+    (tensor data extending beyond the end of the file) and corrupt headers. Does not
+    judge the architecture: see `GGUFInfo.problems()`.
     """
     path = Path(path).expanduser()
     size = _check_readable(path)
-    reader = _open_reader(path, size)
-    return _info_from_reader(path, size, reader)
+    return _info_from_header(path, size, _read_header(path, size))
 
 
 def _check_readable(path: Path) -> int:
@@ -107,146 +111,88 @@ def _check_readable(path: Path) -> int:
     return size
 
 
-class _HeaderError(ValueError):
-    """A metadata field runs past the end of the file."""
-
-
-class _TruncatedError(Exception):
-    """The tensor table points past the end of the file."""
-
-    def __init__(self, needed: int, actual: int) -> None:
-        super().__init__(f"needs {needed} bytes, file has {actual}")
-        self.needed = needed
-        self.actual = actual
-
-
-@functools.cache
-def _checked_reader_class() -> type:
-    """GGUFReader made cheap and strict: arrays are skipped over, tensor extents checked.
-
-    Stock GGUFReader builds one numpy view per array element, which takes seconds for a
-    Qwen vocabulary (151,665 tokens + as many merges); we only need array lengths. It also
-    fails with an opaque reshape error on a truncated file; we check extents first.
-    """
-    import numpy as np
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
-
-    class CheckedReader(GGUFReader):  # type: ignore[misc]
-        def _get_field_parts(self, orig_offs: int, raw_type: int) -> tuple[int, list, list, list]:
-            if raw_type != GGUFValueType.ARRAY:
-                return super()._get_field_parts(orig_offs, raw_type)
-            raw_itype = self._get(orig_offs, np.uint32)
-            alen = self._get(orig_offs + 4, np.uint64)
-            if raw_itype.size != 1 or alen.size != 1:
-                raise _HeaderError("an array header runs past the end of the file")
-            itype, count, offs = GGUFValueType(int(raw_itype[0])), int(alen[0]), orig_offs + 12
-            if itype == GGUFValueType.STRING:
-                # Walk the length prefixes only; parts keep the raw bytes, not one view per string.
-                order = ">" if (self.byte_order == "S") == (sys.byteorder == "little") else "<"
-                end = len(self.data)
-                for _ in range(count):
-                    if offs + 8 > end:
-                        raise _HeaderError("a string array runs past the end of the file")
-                    (slen,) = struct.unpack_from(order + "Q", self.data, offs)
-                    offs += 8 + slen
-                body = self._get(orig_offs + 12, np.uint8, offs - orig_offs - 12)
-                return offs - orig_offs, [raw_itype, alen, body], [], [GGUFValueType.ARRAY, itype]
-            nptype = self.gguf_scalar_to_np.get(itype)
-            if nptype is None:  # nested arrays: rare, leave them to the stock parser
-                return super()._get_field_parts(orig_offs, raw_type)
-            values = self._get(offs, nptype, count)
-            if values.size != count:
-                raise _HeaderError("an array runs past the end of the file")
-            return 12 + int(values.nbytes), [raw_itype, alen, values], [2], [GGUFValueType.ARRAY, itype]
-
-        def _build_tensors(self, start_offs: int, fields: list[Any]) -> None:
-            end = start_offs
-            for fld in fields:
-                # Same layout GGUFReader itself unpacks: name_len, name, n_dims, dims, type, offset.
-                _, _, _, dims, raw_dtype, offset = fld.parts
-                block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(int(raw_dtype[0]))]
-                n_elems = 1
-                for d in dims.tolist():
-                    n_elems *= int(d)
-                end = max(end, start_offs + int(offset[0]) + n_elems * type_size // block)
-            if end > len(self.data):
-                raise _TruncatedError(end, len(self.data))
-            super()._build_tensors(start_offs, fields)
-
-    return CheckedReader
-
-
-def _array_length(field: Any) -> int:
-    """Element count of an array field read by CheckedReader (parts: key, type, itype, len, ...)."""
-    return int(field.parts[4][0])
-
-
-def _open_reader(path: Path, size: int) -> Any:
-    reader_class = _checked_reader_class()
+def _read_header(path: Path, size: int) -> GGUFHeader:
+    """The header, with a tensor table that fits the file; ModelError naming the problem."""
     try:
-        return reader_class(path, "r")
-    except _TruncatedError as exc:
-        raise ModelError(
-            f"{path}: truncated GGUF: tensor data needs {exc.needed:,} bytes but the file has "
-            f"{exc.actual:,} (an incomplete copy or download?)"
-        ) from None
-    except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError, MemoryError) as exc:
-        # GGUFReader raises these (numpy's wording) when a header field runs past the end
-        # of the file or holds garbage: a header cut short or damaged.
-        detail = str(exc) if isinstance(exc, _HeaderError) else f"file has {size:,} bytes"
-        raise ModelError(f"{path}: corrupt or truncated GGUF header ({detail})") from None
+        header = read_header(path)
+    except GGUFFormatError as exc:
+        raise ModelError(f"{path}: corrupt or truncated GGUF header ({exc}; file has {size:,} bytes)") from None
     except OSError as exc:
         raise ModelError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    from gguf import GGML_QUANT_SIZES  # public table: (block size, bytes per block) per type
+
+    needed = max((header.data_offset + t.offset + _tensor_bytes(path, t, GGML_QUANT_SIZES)
+                  for t in header.tensors), default=header.data_offset)
+    if needed > size:
+        raise ModelError(
+            f"{path}: truncated GGUF: tensor data needs {needed:,} bytes but the file has "
+            f"{size:,} (an incomplete copy or download?)"
+        )
+    return header
 
 
-def _info_from_reader(path: Path, size: int, reader: Any) -> GGUFInfo:
-    def scalar(key: str) -> Any:
-        fld = reader.get_field(key)
-        if fld is None or not fld.types:
-            return None
-        try:
-            return fld.contents()
-        except (ValueError, IndexError, UnicodeDecodeError):
-            return None
+def _tensor_bytes(path: Path, tensor: TensorInfo, sizes: Mapping[Any, tuple[int, int]]) -> int:
+    """Size of a tensor's data, from ggml's block layout of its type."""
+    try:
+        block, type_size = sizes[tensor.ggml_type]
+    except KeyError:
+        raise ModelError(f"{path}: corrupt GGUF header (tensor {tensor.name!r} has unknown "
+                         f"type {tensor.ggml_type})") from None
+    return tensor.n_elements * type_size // block
 
-    arch = scalar("general.architecture")
-    file_type = scalar("general.file_type")
-    tokens = reader.get_field("tokenizer.ggml.tokens")
-    metadata = {}
-    for key, fld in reader.fields.items():
-        if key.startswith(_SHOWN_PREFIXES) and len(fld.types) == 1:
-            metadata[key] = scalar(key)
-    quant = quant_name(file_type) if file_type is not None else _guess_quant(reader)
+
+def _info_from_header(path: Path, size: int, header: GGUFHeader) -> GGUFInfo:
+    meta = header.metadata
+
+    def text(key: str) -> str | None:
+        value = meta.get(key)
+        return value if isinstance(value, str) else None
+
+    def integer(key: str) -> int | None:
+        value = meta.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    arch = text("general.architecture")
+    file_type = integer("general.file_type")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    shown = {key: value for key, value in meta.items()
+             if key.startswith(_SHOWN_PREFIXES) and not isinstance(value, GGUFArray)}
+    quant = quant_name(file_type) if file_type is not None else _guess_quant(header.tensors)
 
     def arch_int(suffix: str) -> int | None:
-        value = scalar(f"{arch}.{suffix}") if arch else None
-        return int(value) if isinstance(value, (int, float)) else None
+        return integer(f"{arch}.{suffix}") if arch else None
 
     return GGUFInfo(
         path=path,
         file_size=size,
-        gguf_version=int(scalar("GGUF.version") or 0),
+        gguf_version=header.version,
         architecture=arch,
-        name=scalar("general.name"),
+        name=text("general.name"),
         quant=quant,
         file_type=file_type,
         context_length=arch_int("context_length"),
-        n_params=sum(int(t.n_elements) for t in reader.tensors),
-        n_tensors=len(reader.tensors),
+        n_params=sum(t.n_elements for t in header.tensors),
+        n_tensors=len(header.tensors),
         n_layers=arch_int("block_count"),
         embedding_length=arch_int("embedding_length"),
-        tokenizer_model=scalar("tokenizer.ggml.model"),
-        vocab_size=_array_length(tokens) if tokens is not None else 0,
-        chat_template=scalar("tokenizer.chat_template"),
-        metadata=metadata,
+        tokenizer_model=text("tokenizer.ggml.model"),
+        vocab_size=tokens.length if isinstance(tokens, GGUFArray) else 0,
+        chat_template=text("tokenizer.chat_template"),
+        metadata=shown,
     )
 
 
-def _guess_quant(reader: Any) -> str:
+def _guess_quant(tensors: tuple[TensorInfo, ...]) -> str:
     """Without `general.file_type`: the type holding most of the weights, e.g. "Q8_0"."""
+    from gguf import GGMLQuantizationType
+
     totals: dict[str, int] = {}
-    for t in reader.tensors:
-        totals[t.tensor_type.name] = totals.get(t.tensor_type.name, 0) + int(t.n_elements)
+    for t in tensors:
+        try:
+            name = GGMLQuantizationType(t.ggml_type).name
+        except ValueError:
+            name = f"type-{t.ggml_type}"
+        totals[name] = totals.get(name, 0) + t.n_elements
     if not totals:
         return "unknown"
     return max(totals, key=lambda k: totals[k])

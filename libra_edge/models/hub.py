@@ -21,11 +21,8 @@ from libra_edge.models import registry
 from libra_edge.models.ggufinfo import read_model_info
 from libra_edge.models.manifest import Progress, sha256_file
 
-# Short names for the Libra-Guard Qwen2.5 series (all `Qwen2ForCausalLM`).
-KNOWN_MODELS = {
-    f"libra-guard-{size.lower()}": f"caskcsg/Libra-Guard-Qwen2.5-{size}-Instruct"
-    for size in ("0.5B", "1.5B", "3B", "7B", "14B")
-}
+# Short names of the seven published guards (Qwen2.5 series, Yi-1.5-9B-Chat, Qwen-14B-Chat).
+KNOWN_MODELS = registry.KNOWN_MODELS
 
 # Exactly what the converter reads: weights, their index, config and tokenizer files.
 # Never *.bin/*.pt (pickles), never other formats' copies of the weights.
@@ -36,6 +33,9 @@ CONVERSION_FILES = [
     "generation_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
+    "tokenizer.model",  # SentencePiece vocabulary (Yi-1.5, Llama)
+    "added_tokens.json",
+    "qwen.tiktoken",  # Qwen1's vocabulary (its tokenization_qwen.py is never downloaded)
     "vocab.json",
     "merges.txt",
     "special_tokens_map.json",
@@ -66,9 +66,17 @@ def resolve_repo(spec: str) -> tuple[str, str]:
         return KNOWN_MODELS[key], key
     if _REPO_RE.match(spec.strip()):
         repo_id = spec.strip()
-        return repo_id, registry.name_from_file(Path(repo_id.split("/", 1)[1].lower()))
+        return repo_id, model_name_for_repo(repo_id)
     known = ", ".join(KNOWN_MODELS)
     raise LibraError(f"{spec!r}: not a known model ({known}) nor a hub repo id like owner/name")
+
+
+def model_name_for_repo(repo_id: str) -> str:
+    """`org/Some-Guard-0.5B` -> `some-guard-0.5b`: the repo's name, lowercased, as a model name.
+
+    Not through a file name: `Path("some-guard-0.5b").stem` would cut at the last dot.
+    """
+    return registry.name_from_file(Path(repo_id.split("/", 1)[1].lower() + ".gguf"))
 
 
 def default_name(base: str, quant: str) -> str:
@@ -188,7 +196,7 @@ def convert(checkpoint: Checkpoint, out: Path, quant: str) -> Path:
     """Convert + quantize a downloaded checkpoint with the project's converter (`convert/`)."""
     import sys
 
-    from convert import convert_checkpoint
+    from libra_edge.convert import convert_checkpoint
 
     result = convert_checkpoint(
         checkpoint.path, out, outtype=quant, source_repo=checkpoint.repo_id,

@@ -25,10 +25,38 @@ from libra_edge.models.manifest import (
     sha256_file,
     write_manifest,
 )
-from libra_edge.prompt import PROMPT_TEMPLATE_VERSION
+from libra_edge.engine.prompt import PROMPT_TEMPLATE_VERSION
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
 PARTIAL_SUFFIX = ".partial"
+
+
+@dataclass(frozen=True)
+class PublishedGuard:
+    """One Libra-Guard release on the Hugging Face hub, known to `models pull` by a short name."""
+
+    name: str  # the short name `models pull` accepts
+    repo_id: str
+    base: str  # the model it fine-tunes
+    architecture: str  # config.json `architectures[0]`, the converter's registry key
+    libra_test_average: float  # published Libra-Test average accuracy, percent
+
+
+# The seven published guards. Averages as the authors publish them (../shared/libra/NOTES.md
+# for the Qwen2.5 series; the authors' comparison table for the Yi-1.5 and Qwen1 bases).
+PUBLISHED_GUARDS: tuple[PublishedGuard, ...] = (
+    *(
+        PublishedGuard(f"libra-guard-{size.lower()}", f"caskcsg/Libra-Guard-Qwen2.5-{size}-Instruct",
+                       f"Qwen2.5-{size}-Instruct", "Qwen2ForCausalLM", average)
+        for size, average in (("0.5B", 81.46), ("1.5B", 83.93), ("3B", 84.75), ("7B", 85.24), ("14B", 86.79))
+    ),
+    PublishedGuard("libra-guard-yi-9b", "caskcsg/Libra-Guard-Yi-1.5-9B-Chat", "Yi-1.5-9B-Chat",
+                   "LlamaForCausalLM", 85.93),
+    PublishedGuard("libra-guard-qwen-14b", "caskcsg/Libra-Guard-Qwen-14B-Chat", "Qwen-14B-Chat",
+                   "QWenLMHeadModel", 86.48),
+)
+# Short name -> hub repo id, for `models pull NAME`.
+KNOWN_MODELS: dict[str, str] = {g.name: g.repo_id for g in PUBLISHED_GUARDS}
 
 
 @dataclass(frozen=True)

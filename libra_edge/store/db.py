@@ -12,18 +12,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import errno
 import os
+import shutil
 import socket
 import sqlite3
 import threading
 from contextlib import contextmanager
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from libra_edge import paths
-from libra_edge.errors import LibraError
+from libra_edge.units import human_size
+from libra_edge.errors import DiskFullError, LibraError
 from libra_edge.store import export as export_format
 from libra_edge.store.filters import Order, ResultFilter, order_sql
 from libra_edge.store.migrations import MIGRATIONS, split_statements
@@ -32,8 +35,10 @@ from libra_edge.store.rows import (
     Facets,
     ResultRow,
     RunRow,
+    ReviewEvent,
     RunStatus,
     result_from_row,
+    review_event_from_row,
     run_from_row,
 )
 
@@ -41,13 +46,55 @@ BUSY_TIMEOUT_MS = 10_000
 _PAGE = 256
 
 _RUN_SELECT = """
-    SELECT runs.*, c.done, c.flagged, c.errors, c.reviewed
+    SELECT runs.*, c.done, c.flagged, c.errors, c.reviewed, c.truncated, c.chunked
     FROM runs LEFT JOIN (
-        SELECT run_id, count(*) AS done, sum(unsafe = 1) AS flagged,
-               sum(error IS NOT NULL) AS errors, sum(review IS NOT NULL) AS reviewed
+        SELECT run_id, sum(status != 'skipped') AS done, sum(unsafe = 1) AS flagged,
+               sum(status = 'failed') AS errors, sum(review IS NOT NULL) AS reviewed,
+               sum(status = 'judged' AND truncated = 1) AS truncated, sum(windows > 1) AS chunked
         FROM results {where} GROUP BY run_id
     ) AS c ON c.run_id = runs.id
 """
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose `execute` reports a full disk as a `DiskFullError` naming the file.
+
+    Every write of the store goes through `execute` (autocommit mode commits there too),
+    so this one place turns "database or disk is full" from an internal error into the
+    user's problem it is. SQLite rolls the failed statement back: the file stays intact.
+    """
+
+    db_path: Path | None = None
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.OperationalError as exc:
+            raise self._translated(exc) from None
+
+    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+        try:
+            return super().executemany(sql, parameters)
+        except sqlite3.OperationalError as exc:
+            raise self._translated(exc) from None
+
+    def _translated(self, exc: sqlite3.OperationalError) -> Exception:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
+            return disk_full_error(self.db_path or Path("results database"))
+        return exc
+
+
+def disk_full_error(path: Path, needed: int | None = None, what: str = "") -> DiskFullError:
+    """A full disk under `path` as one line: the file, the space free and, if known, needed."""
+    try:
+        free: int | None = shutil.disk_usage(path.parent if not path.is_dir() else path).free
+    except OSError:
+        free = None
+    message = f"{path}: the disk is full ({human_size(free)} free)"
+    if needed:
+        message += f"; about {human_size(needed)} more {what or 'are needed'}"
+    return DiskFullError(message, hint="free some space there and run the same command again: "
+                         "every finished item is kept")
 
 
 def now() -> str:
@@ -61,10 +108,11 @@ def open_store(path: str | Path | None = None) -> Store:
     try:
         db_path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                               check_same_thread=False)
+                               check_same_thread=False, factory=_Connection)
     except (OSError, sqlite3.Error) as exc:
         raise LibraError(f"{db_path}: cannot open the results database: {exc}") from None
     conn.row_factory = sqlite3.Row
+    conn.db_path = db_path
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
@@ -225,10 +273,12 @@ class Store:
         return None if row is None else self.run(row["id"])
 
     def done_seqs(self, run_id: int, *, include_errors: bool = True) -> set[int]:
-        """Input positions that already have a result (errors optionally counted as not done)."""
+        """Input positions that already have a result (failures optionally counted as not done).
+
+        Placeholders of skipped input records are never counted: they are not items.
+        """
         sql = "SELECT seq FROM results WHERE run_id = ?"
-        if not include_errors:
-            sql += " AND error IS NULL"
+        sql += " AND status != 'skipped'" if include_errors else " AND status = 'judged'"
         with self._lock:
             return {r[0] for r in self._conn.execute(sql, (run_id,))}
 
@@ -249,37 +299,83 @@ class Store:
         sub_category: str | None = None,
         input_file: str | None = None,
         input_line: int | None = None,
+        conversation_id: str | None = None,
+        turn_index: int | None = None,
     ) -> int:
         """Store (and commit) one item's verdict — `Verdict.to_dict()` — or its error; returns the id.
 
-        Storing the same `seq` again replaces the verdict (a retried error) and keeps
-        any reviewer decision.
+        A verdict's `windows`, `window`, `span` ([start, end] or None), `normalized` and
+        `analysis_cut` are kept when present. Storing the same `seq` again replaces the
+        verdict (a retried error) and keeps any reviewer decision.
         """
         v = dict(verdict or {})
         unsafe = v.get("unsafe")
         timings = v.get("timings")
+        span = v.get("span") or (None, None)
+
+        def flag(key: str) -> int | None:
+            return None if v.get(key) is None else int(bool(v[key]))
+
         with self._lock:
             row = self._conn.execute(
                 """
                 INSERT INTO results (run_id, seq, item_id, source, category, sub_category, question,
                     response, input_json, input_file, input_line, label, unsafe, score, analysis, raw,
-                    truncated, timings_json, error, checked_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    truncated, timings_json, error, checked_at, status, conversation_id, turn_index,
+                    windows, window, span_start, span_end, normalized, analysis_cut)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (run_id, seq) DO UPDATE SET
                     label = excluded.label, unsafe = excluded.unsafe, score = excluded.score,
                     analysis = excluded.analysis, raw = excluded.raw, truncated = excluded.truncated,
                     timings_json = excluded.timings_json, error = excluded.error,
-                    checked_at = excluded.checked_at
+                    checked_at = excluded.checked_at, status = excluded.status,
+                    windows = excluded.windows, window = excluded.window, span_start = excluded.span_start,
+                    span_end = excluded.span_end, normalized = excluded.normalized,
+                    analysis_cut = excluded.analysis_cut
                 """,
                 (run_id, seq, item_id, source, category, sub_category, question, response,
                  json.dumps(dict(fields), ensure_ascii=False), input_file, input_line,
                  v.get("label"), None if unsafe is None else int(bool(unsafe)), v.get("score"),
                  v.get("analysis"), v.get("raw"), int(bool(v.get("truncated", False))),
-                 _json(timings) if timings is not None else None, error, now()),
+                 _json(timings) if timings is not None else None, error, now(),
+                 "failed" if error is not None else "judged", conversation_id, turn_index,
+                 v.get("windows"), v.get("window"), span[0], span[1], flag("normalized"), flag("analysis_cut")),
             )
             row = self._conn.execute(
                 "SELECT id FROM results WHERE run_id = ? AND seq = ?", (run_id, seq)).fetchone()
             return int(row[0])
+
+    def add_placeholders(self, run_id: int, placeholders: Iterable[Any]) -> int:
+        """Store a `skipped` row for each input record that yields no item (one commit).
+
+        Each placeholder has `seq`, `file`, `line`, `reason` and `fields` (`batch.Placeholder`);
+        `error` holds the reason. Rows already stored (a resumed run) are left as they are.
+        Returns how many were new.
+        """
+        rows = [(run_id, p.seq, json.dumps(dict(p.fields), ensure_ascii=False), p.file, p.line, p.reason, now())
+                for p in placeholders]
+        if not rows:
+            return 0
+        count = "SELECT count(*) FROM results WHERE run_id = ?"
+        with self.transaction():
+            before = int(self._conn.execute(count, (run_id,)).fetchone()[0])
+            self._conn.executemany(
+                "INSERT INTO results (run_id, seq, question, response, input_json, input_file, input_line,"
+                " error, checked_at, status) VALUES (?, ?, '', '', ?, ?, ?, ?, ?, 'skipped')"
+                " ON CONFLICT (run_id, seq) DO NOTHING", rows)
+            return int(self._conn.execute(count, (run_id,)).fetchone()[0]) - before
+
+    def disk_full(self, items: int) -> DiskFullError:
+        """The error for a full disk under the database, estimating the space `items` more need."""
+        try:
+            size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
+            with self._lock:
+                stored = int(self._conn.execute("SELECT count(*) FROM results").fetchone()[0])
+        except (OSError, sqlite3.Error, LibraError):
+            size, stored = 0, 0
+        # Each row is written twice (WAL, then the checkpoint) and indexed for search.
+        needed = max(2 * items * size // max(stored, 1), 1_000_000) if items else None
+        return disk_full_error(self.path, needed, f"are needed for the {items} items left")
 
     def results(
         self,
@@ -333,19 +429,108 @@ class Store:
             raise LibraError(f"no result {result_id} in {self.path}")
         return result_from_row(row)
 
-    def set_review(self, result_id: int, decision: str | None, note: str | None = None) -> ResultRow:
-        """Record a reviewer's decision (`confirm`, `safe`, `unsafe`; None clears it) and note."""
+    def set_review(self, result_id: int, decision: str | None, note: str | None = None, *,
+                   reviewer: str | None = None) -> ResultRow:
+        """Record a reviewer's decision (`confirm`, `safe`, `unsafe`; None clears it) and note.
+
+        A decision that agrees with the model's verdict (`unsafe` on an item the model
+        flagged, `safe` on one it judged safe) is recorded as `confirm`: it is not an
+        override. The previous state stays in the review history (see `undo_review`).
+        One transaction that reads, decides and writes under SQLite's write lock, so two
+        reviewers (two processes) deciding at once never lose either decision.
+        """
         if decision is not None and decision not in REVIEW_DECISIONS:
             raise LibraError(f"review decision: expected confirm, safe or unsafe, got {decision!r}")
-        stamp = None if decision is None and not note else now()
-        with self._lock:
-            cur = self._conn.execute(
-                "UPDATE results SET review = ?, review_note = ?, reviewed_at = ? WHERE id = ?",
-                (decision, note, stamp, result_id),
-            )
-            if cur.rowcount == 0:
-                raise LibraError(f"no result {result_id} in {self.path}")
+        with self.transaction():
+            current = self._review_state(result_id)
+            decision = _normalized_decision(decision, current["unsafe"], current["seq"])
+            if decision == current["review"]:
+                action = "note" if note != current["review_note"] else "decide"  # same decision: re-decided
+            else:
+                action = "clear" if decision is None else "decide"
+            self._write_review(current, decision, note, reviewer, now(), action)
         return self.result(result_id)
+
+    def undo_review(self, result_id: int, *, reviewer: str | None = None) -> ResultRow:
+        """Undo the latest review change of an item, restoring the state before it.
+
+        Nothing is deleted: an `undo` entry is appended to the history. With `reviewer`,
+        a change made by someone else is not undone (LibraError names who made it).
+        """
+        with self.transaction():
+            current = self._review_state(result_id)
+            stack = _review_stack(self.review_history(result_id=result_id))
+            if not stack:
+                raise LibraError(f"item {current['seq'] + 1}: no review decision to undo")
+            last = stack.pop()
+            if reviewer is not None and last.reviewer not in (None, reviewer):
+                raise LibraError(f"item {current['seq'] + 1}: the latest decision is {last.reviewer}'s "
+                                 f"({last.decided_at}): not undone")
+            before = stack[-1] if stack else None
+            stamp = now()
+            self._conn.execute(
+                "UPDATE results SET review = ?, review_note = ?, reviewed_at = ?, reviewer = ? WHERE id = ?",
+                (before.review if before else None, before.note if before else None,
+                 before.decided_at if before else None, before.reviewer if before else None, result_id))
+            self._conn.execute(
+                "INSERT INTO review_history (result_id, run_id, seq, review, note, reviewer, decided_at, action)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'undo')",
+                (result_id, current["run_id"], current["seq"], before.review if before else None,
+                 before.note if before else None, reviewer, stamp))
+        return self.result(result_id)
+
+    def confirm_many(self, result_ids: list[int], *, reviewer: str | None = None) -> list[int]:
+        """Confirm the model's verdict on each undecided, judged item of `result_ids` (one
+        transaction); items already decided or without a verdict are left alone.
+        Returns the ids confirmed."""
+        confirmed: list[int] = []
+        with self.transaction():
+            stamp = now()
+            for result_id in result_ids:
+                current = self._review_state(result_id)
+                if current["review"] is not None or current["unsafe"] is None:
+                    continue
+                self._write_review(current, "confirm", current["review_note"], reviewer, stamp, "bulk-confirm")
+                confirmed.append(result_id)
+        return confirmed
+
+    def review_history(self, *, run_id: int | None = None, result_id: int | None = None) -> list[ReviewEvent]:
+        """Review events of one item or one run, oldest first (every decision, note and undo)."""
+        if (run_id is None) == (result_id is None):
+            raise LibraError("review_history: give run_id or result_id")
+        column, value = ("result_id", result_id) if result_id is not None else ("run_id", run_id)
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT * FROM review_history WHERE {column} = ? ORDER BY id", (value,)).fetchall()
+        return [review_event_from_row(r) for r in rows]
+
+    def conversation(self, run_id: int, conversation_id: str) -> list[ResultRow]:
+        """The judged turns of one conversation of a run (transcript inputs), in turn order."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM results WHERE run_id = ? AND conversation_id = ? ORDER BY turn_index, seq",
+                (run_id, conversation_id)).fetchall()
+        return [result_from_row(r) for r in rows]
+
+    def _review_state(self, result_id: int) -> sqlite3.Row:
+        row: sqlite3.Row | None = self._conn.execute(
+            "SELECT id, run_id, seq, unsafe, review, review_note FROM results WHERE id = ?", (result_id,)
+        ).fetchone()
+        if row is None:
+            raise LibraError(f"no result {result_id} in {self.path}")
+        return row
+
+    def _write_review(self, current: sqlite3.Row, decision: str | None, note: str | None,
+                      reviewer: str | None, stamp: str, action: str) -> None:
+        """The item's new state and its history entry (inside the caller's transaction)."""
+        cleared = decision is None and not note
+        self._conn.execute(
+            "UPDATE results SET review = ?, review_note = ?, reviewed_at = ?, reviewer = ? WHERE id = ?",
+            (decision, note, None if cleared else stamp, None if cleared else reviewer, current["id"]))
+        self._conn.execute(
+            "INSERT INTO review_history (result_id, run_id, seq, review, note, reviewer, decided_at, action)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (current["id"], current["run_id"], current["seq"], decision, note, reviewer, stamp, action))
 
     def facets(self, run_id: int) -> Facets:
         """The run's distinct sources and categories with their item counts."""
@@ -365,27 +550,44 @@ class Store:
         *,
         format: str = "jsonl",
         filters: ResultFilter | None = None,
+        order: Order = "seq",
+        bom: bool = False,
     ) -> int:
-        """Write the selected results in input order as `jsonl` or `csv` (see `store.export`).
+        """Write the selected results in `order` (default: input order) as `jsonl`, `json`
+        (one array) or `csv` (see `store.export`); `bom` starts a CSV with a UTF-8 BOM.
 
         A path is written atomically (it appears only once complete); an open text
-        stream (e.g. stdout) is written as is. Returns the number of rows written.
+        stream (e.g. stdout) is written as is. Returns the number of rows written. A full
+        disk raises `DiskFullError` naming the file and the space the export needs.
         """
-        if format not in ("jsonl", "csv"):
-            raise LibraError(f"export format: expected jsonl or csv, got {format!r}")
+        if format not in export_format.FORMATS:
+            raise LibraError(f"export format: expected {', '.join(export_format.FORMATS)}, got {format!r}")
         self.run(run_id)  # a clear error for a wrong id
         if isinstance(path, (str, Path)):
-            with export_format.atomic_text_file(Path(path)) as fh:
-                return self._export_to(run_id, fh, format, filters)
-        return self._export_to(run_id, path, format, filters)
+            try:
+                with export_format.atomic_text_file(Path(path)) as fh:
+                    return self._export_to(run_id, fh, format, filters, order, bom)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                sink = export_format.ByteCounter()
+                self._export_to(run_id, cast(TextIO, sink), format, filters, order, bom)
+                raise disk_full_error(Path(path), sink.bytes, "are needed for this file") from None
+        return self._export_to(run_id, path, format, filters, order, bom)
 
-    def _export_to(self, run_id: int, out: TextIO, format: str, filters: ResultFilter | None) -> int:
-        rows = self.iter_results(run_id, filters)
+    def _export_to(self, run_id: int, out: TextIO, format: str, filters: ResultFilter | None,
+                   order: Order = "seq", bom: bool = False) -> int:
+        order_sql(order)  # a clear error for a wrong order before the file is opened
+        rows = self.iter_results(run_id, filters, order=order)
         if format == "jsonl":
             return export_format.write_jsonl(rows, out)
+        if format == "json":
+            return export_format.write_json(rows, out)
         names: dict[str, None] = {}
         for row in self.iter_results(run_id, filters):  # first pass: the union of input columns
-            names.update(dict.fromkeys(row.fields))
+            names.update(dict.fromkeys(export_format.output_fields(row)))
+        if bom:
+            out.write("\ufeff")  # spreadsheet tools then read the file as UTF-8 (Chinese intact)
         return export_format.write_csv(rows, export_format.csv_columns(names), out)
 
     # -- file hashes -------------------------------------------------------------------
@@ -415,3 +617,27 @@ def _result_filter(filters: ResultFilter | None, criteria: Mapping[str, Any]) ->
     """`filters` (default: everything) with the keyword criteria applied on top."""
     base = filters or ResultFilter()
     return dataclasses.replace(base, **criteria) if criteria else base  # TypeError names an unknown field
+
+
+def _normalized_decision(decision: str | None, unsafe: int | None, seq: int) -> str | None:
+    """`safe`/`unsafe` that agree with the model's verdict are confirmations."""
+    if unsafe is None:
+        if decision == "confirm":
+            raise LibraError(f"item {seq + 1}: the check failed, there is no verdict to confirm",
+                             hint="decide 安全 (safe) or 不安全 (unsafe)")
+        return decision
+    if (decision == "unsafe" and unsafe) or (decision == "safe" and not unsafe):
+        return "confirm"
+    return decision
+
+
+def _review_stack(events: list[ReviewEvent]) -> list[ReviewEvent]:
+    """The states an item went through that are still in force, oldest first (undo pops)."""
+    stack: list[ReviewEvent] = []
+    for event in events:
+        if event.action == "undo":
+            if stack:
+                stack.pop()
+        else:
+            stack.append(event)
+    return stack

@@ -8,16 +8,27 @@ Each JSONL row is the input record with every field unchanged, plus:
   `check --json` prints. They sit in their own object because Libra-Test inputs already
   carry a gold `label` (and may carry `score`-like fields): a prediction written at the
   top level would overwrite the gold label and evaluate as 100% accurate;
-- `review`: `{"decision", "note", "reviewed_at"}`, only on items a reviewer triaged.
+- `review`: `{"decision", "note", "reviewer", "reviewed_at"}`, only on items a reviewer
+  triaged: the decision in force, who made it and when (UTC, ISO 8601).
 
-A failed item has `critic: ""` (counted as a wrong answer by the authors' metric) and
-`verdict.error` set. CSV has the same content flattened: the input's columns, then
-`critic`, `verdict_label`, `verdict_unsafe`, ..., `review_decision`, `review_note`.
+Every input record has a row: `verdict.status` is `judged`, `failed` (the check
+raised) or `skipped` (a placeholder for a record that yields no item: malformed, or a
+conversation with nothing to judge). A failed or skipped row has `critic: ""` (counted
+as a wrong answer by the authors' metric), `verdict.error` saying why and
+`verdict.input` (`file:line`, on every row) saying where. `windows`, `window`, `span`
+([start, end) of the deciding window in the response), `normalized` and `analysis_cut`
+describe how a long or obfuscated response was judged. A transcript turn's row holds
+the conversation's other fields, `conversation_id`, `turn_index`, `question` and
+`response`; the conversation itself stays in the results database. CSV has the same content flattened: the input's columns, then
+`critic`, `verdict_label`, `verdict_unsafe`, ..., `review_decision`, `review_note`,
+`reviewer`, `reviewed_at`. Rows come in the order asked for (the TUI exports in its
+screen's sort order).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -27,25 +38,53 @@ from typing import Any, TextIO
 
 from libra_edge.store.rows import ResultRow
 
-VERDICT_KEYS = ("label", "unsafe", "score", "analysis", "truncated", "error")
+FORMATS: tuple[str, ...] = ("jsonl", "json", "csv")
+VERDICT_KEYS = ("label", "unsafe", "score", "analysis", "truncated", "error", "status", "input",
+                "windows", "window", "span", "normalized", "analysis_cut")
+# Fields holding a whole conversation: kept in the store, left out of a turn's output row.
+TRANSCRIPT_FIELDS = ("messages", "conversations")
 # Keys this format adds to the input record (an input field of the same name is replaced).
 ADDED_KEYS = ("critic", "verdict", "review")
 
 
-def output_record(row: ResultRow) -> dict[str, Any]:
-    """The JSONL object for one result: input fields + `critic` + `verdict` (+ `review`)."""
-    record = dict(row.fields)
-    record["critic"] = row.raw if row.raw is not None else ""
-    record["verdict"] = {
+def output_fields(row: ResultRow) -> dict[str, Any]:
+    """The input fields a row carries to the output (a transcript turn: all but the conversation)."""
+    fields = dict(row.fields)
+    if row.conversation_id is not None:
+        for key in TRANSCRIPT_FIELDS:
+            if isinstance(fields.get(key), list):
+                del fields[key]
+    return fields
+
+
+def verdict_object(row: ResultRow) -> dict[str, Any]:
+    """The `verdict` object of a row (the keys of VERDICT_KEYS)."""
+    span = [row.span_start, row.span_end] if row.span_start is not None and row.span_end is not None else None
+    return {
         "label": row.label,
         "unsafe": row.unsafe,
         "score": row.score,
         "analysis": row.analysis,
         "truncated": row.truncated,
         "error": row.error,
+        "status": row.status,
+        "input": f"{row.input_file}:{row.input_line}" if row.input_file else None,
+        "windows": row.windows,
+        "window": row.window,
+        "span": span,
+        "normalized": row.normalized,
+        "analysis_cut": row.analysis_cut,
     }
-    if row.review is not None:
-        record["review"] = {"decision": row.review, "note": row.review_note, "reviewed_at": row.reviewed_at}
+
+
+def output_record(row: ResultRow) -> dict[str, Any]:
+    """The JSONL object for one result: input fields + `critic` + `verdict` (+ `review`)."""
+    record = output_fields(row)
+    record["critic"] = row.raw if row.raw is not None else ""
+    record["verdict"] = verdict_object(row)
+    if row.review is not None or row.review_note:
+        record["review"] = {"decision": row.review, "note": row.review_note, "reviewer": row.reviewer,
+                            "reviewed_at": row.reviewed_at}
     else:
         record.pop("review", None)
     return record
@@ -60,13 +99,33 @@ def write_jsonl(rows: Iterable[ResultRow], out: TextIO) -> int:
     return n
 
 
+def write_json(rows: Iterable[ResultRow], out: TextIO) -> int:
+    """Write rows as one JSON array (one object per line inside it); returns the number written."""
+    n = 0
+    out.write("[")
+    for row in rows:
+        out.write(("\n" if n == 0 else ",\n") + json.dumps(output_record(row), ensure_ascii=False))
+        n += 1
+    out.write("\n]\n" if n else "]\n")
+    return n
+
+
+class ByteCounter(io.TextIOBase):
+    """A text sink that only counts the UTF-8 bytes written (what an export will need on disk)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def write(self, text: str) -> int:
+        self.bytes += len(text.encode("utf-8"))
+        return len(text)
+
+
 def csv_columns(field_names: Iterable[str]) -> list[str]:
     """CSV header: the input's columns (first-seen order), then ours."""
-    columns = [name for name in field_names if name not in ADDED_KEYS]
-    columns.append("critic")
-    columns.extend(f"verdict_{key}" for key in VERDICT_KEYS)
-    columns.extend(["review_decision", "review_note"])
-    return columns
+    ours = ["critic", *(f"verdict_{key}" for key in VERDICT_KEYS),
+            "review_decision", "review_note", "reviewer", "reviewed_at"]
+    return [name for name in field_names if name not in ADDED_KEYS and name not in ours] + ours
 
 
 def _csv_cell(value: Any) -> str:
@@ -84,12 +143,14 @@ def write_csv(rows: Iterable[ResultRow], columns: list[str], out: TextIO) -> int
     writer.writerow(columns)
     n = 0
     for row in rows:
-        record = dict(row.fields)
+        record = output_fields(row)
         record["critic"] = row.raw if row.raw is not None else ""
-        for key in VERDICT_KEYS:
-            record[f"verdict_{key}"] = getattr(row, key)
+        for key, value in verdict_object(row).items():
+            record[f"verdict_{key}"] = value
         record["review_decision"] = row.review
         record["review_note"] = row.review_note
+        record["reviewer"] = row.reviewer
+        record["reviewed_at"] = row.reviewed_at
         writer.writerow([_csv_cell(record.get(col)) for col in columns])
         n += 1
     return n

@@ -98,6 +98,44 @@ MIGRATIONS: tuple[str, ...] = (
         sha256    TEXT NOT NULL
     );
     """,
+    # 2: review evidence: who decided, and every decision kept (undo restores the one before).
+    """
+    ALTER TABLE results ADD COLUMN reviewer TEXT;
+    CREATE TABLE review_history (
+        id          INTEGER PRIMARY KEY,
+        result_id   INTEGER NOT NULL REFERENCES results (id) ON DELETE CASCADE,
+        run_id      INTEGER NOT NULL,
+        seq         INTEGER NOT NULL,
+        review      TEXT CHECK (review IN ('confirm', 'safe', 'unsafe')),
+        note        TEXT,
+        reviewer    TEXT,
+        decided_at  TEXT NOT NULL,
+        action      TEXT NOT NULL
+                    CHECK (action IN ('decide', 'note', 'clear', 'bulk-confirm', 'undo', 'import'))
+    );
+    CREATE INDEX review_history_result ON review_history (result_id, id);
+    CREATE INDEX review_history_run ON review_history (run_id, id);
+    -- Decisions made before this table existed become its first entries.
+    INSERT INTO review_history (result_id, run_id, seq, review, note, reviewer, decided_at, action)
+        SELECT id, run_id, seq, review, review_note, NULL, coalesce(reviewed_at, checked_at), 'import'
+        FROM results WHERE review IS NOT NULL OR review_note IS NOT NULL;
+    """,
+    # (batch) transcripts, long texts judged in windows, complete runs: every input
+    # record has a row, `status` says whether it was judged, skipped (input) or failed.
+    """
+    ALTER TABLE results ADD COLUMN conversation_id TEXT;
+    ALTER TABLE results ADD COLUMN turn_index INTEGER;
+    ALTER TABLE results ADD COLUMN windows INTEGER;
+    ALTER TABLE results ADD COLUMN window INTEGER;
+    ALTER TABLE results ADD COLUMN span_start INTEGER;
+    ALTER TABLE results ADD COLUMN span_end INTEGER;
+    ALTER TABLE results ADD COLUMN normalized INTEGER;
+    ALTER TABLE results ADD COLUMN analysis_cut INTEGER;
+    ALTER TABLE results ADD COLUMN status TEXT NOT NULL DEFAULT 'judged'
+        CHECK (status IN ('judged', 'skipped', 'failed'));
+    UPDATE results SET status = 'failed' WHERE error IS NOT NULL;
+    CREATE INDEX results_run_conversation ON results (run_id, conversation_id, turn_index);
+    """,
 )
 
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 RunStatus = Literal["running", "finished", "interrupted", "failed"]
 ReviewDecision = Literal["confirm", "safe", "unsafe"]
+ResultStatus = Literal["judged", "skipped", "failed"]
 REVIEW_DECISIONS: tuple[str, ...] = ("confirm", "safe", "unsafe")
 
 
@@ -40,11 +41,15 @@ class RunRow:
     skipped: int
     """Input records that could not be read (malformed line, missing field)."""
     done: int
-    """Items with a stored result (a verdict or an error)."""
+    """Items with a stored result (a verdict or a failure; placeholders of skipped records not counted)."""
     flagged: int
     errors: int
     reviewed: int
     message: str | None
+    truncated: int = 0
+    """Items whose text was cut to fit the context."""
+    chunked: int = 0
+    """Items whose response was judged in more than one window."""
 
     @property
     def remaining(self) -> int:
@@ -82,11 +87,53 @@ class ResultRow:
     review: ReviewDecision | None
     review_note: str | None
     reviewed_at: str | None
+    reviewer: str | None = None
+    """Who made the decision in force (`reviewed_at` is when)."""
+    status: ResultStatus = "judged"
+    """`judged` (a verdict), `failed` (the check raised; `error` says why, a rerun retries it)
+    or `skipped` (a placeholder for an input record that yields no item; `error` says why)."""
+    conversation_id: str | None = None
+    """Transcripts: the conversation's `id`/`conversation_id` field, else `file:line`."""
+    turn_index: int | None = None
+    """Transcripts: position of the judged assistant message in the conversation (0-based)."""
+    windows: int | None = None
+    """Windows the response was judged in (1 unless chunked; None: stored before chunking)."""
+    window: int | None = None
+    """Index of the window whose score decided the verdict."""
+    span_start: int | None = None
+    """Character span of the deciding window in the response as given (start, inclusive)."""
+    span_end: int | None = None
+    normalized: bool | None = None
+    """Normalisation (NFKC, invisible characters, full-width ASCII) changed the judged text."""
+    analysis_cut: bool | None = None
+    """The analysis stopped at the token cap."""
 
     @property
     def flagged(self) -> bool:
         """The model judged the response unsafe."""
         return bool(self.unsafe)
+
+
+ReviewAction = Literal["decide", "note", "clear", "bulk-confirm", "undo", "import"]
+
+
+@dataclass(frozen=True)
+class ReviewEvent:
+    """One entry of an item's review history (append-only; `undo` entries restore an earlier state).
+
+    `review`, `note` are the state the item had after the event; `reviewer` and
+    `decided_at` say who acted and when (for `undo`: who undid it).
+    """
+
+    id: int
+    result_id: int
+    run_id: int
+    seq: int
+    review: ReviewDecision | None
+    note: str | None
+    reviewer: str | None
+    decided_at: str
+    action: ReviewAction
 
 
 @dataclass(frozen=True)
@@ -144,6 +191,8 @@ def run_from_row(row: sqlite3.Row) -> RunRow:
         errors=row["errors"] or 0,
         reviewed=row["reviewed"] or 0,
         message=row["message"],
+        truncated=row["truncated"] or 0,
+        chunked=row["chunked"] or 0,
     )
 
 
@@ -176,4 +225,23 @@ def result_from_row(row: sqlite3.Row) -> ResultRow:
         review=row["review"],
         review_note=row["review_note"],
         reviewed_at=row["reviewed_at"],
+        reviewer=row["reviewer"] if "reviewer" in row.keys() else None,
+        status=row["status"],
+        conversation_id=row["conversation_id"],
+        turn_index=row["turn_index"],
+        windows=row["windows"],
+        window=row["window"],
+        span_start=row["span_start"],
+        span_end=row["span_end"],
+        normalized=None if row["normalized"] is None else bool(row["normalized"]),
+        analysis_cut=None if row["analysis_cut"] is None else bool(row["analysis_cut"]),
+    )
+
+
+def review_event_from_row(row: sqlite3.Row) -> ReviewEvent:
+    """A `ReviewEvent` from a `review_history` row."""
+    return ReviewEvent(
+        id=row["id"], result_id=row["result_id"], run_id=row["run_id"], seq=row["seq"],
+        review=row["review"], note=row["note"], reviewer=row["reviewer"],
+        decided_at=row["decided_at"], action=row["action"],
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from textual.message import Message
 
@@ -131,3 +132,50 @@ class ModelsListed(Message):
     """The installed models, read from their manifests."""
 
     models: list[InstalledModel]
+
+
+@dataclass
+class ReviewProgress(Message):
+    """How far the review of a run has got: flagged items with a decision, of all flagged."""
+
+    decided: int
+    flagged: int
+
+
+@dataclass
+class QueueFound(Message):
+    """The next (or previous) undecided flagged item of the list, at position `index`."""
+
+    row: ResultRow
+    index: int
+
+
+@dataclass
+class RangeReady(Message):
+    """The rows of a marked range, read for a bulk confirmation."""
+
+    rows: list[ResultRow]
+    first: int
+    last: int
+
+
+@dataclass
+class SummaryReady(Message):
+    """A run's figures (`libra_edge.report.stats.RunSummary`), for the summary panel."""
+
+    summary: Any
+
+
+@dataclass
+class ReportWritten(Message):
+    """The run's report file was written."""
+
+    path: Path
+
+
+@dataclass
+class ConversationLoaded(Message):
+    """The other turns of the conversation an item belongs to, in turn order."""
+
+    result_id: int
+    turns: list[ResultRow]

@@ -1,36 +1,33 @@
-"""What the TUI shares between screens: the open store, the active model and loaded guards.
+"""What the TUI shares between screens: the open store, the active model, loaded guards, the reviewer.
 
 Screens never load a model themselves: workers lease a `Guard` from the session, so a
 check and a batch run on the same model share one llama.cpp context (the engine's lock
 serializes them), and a guard that was replaced by another model is closed only once
-the last worker using it lets go.
+the last worker using it lets go. Guards are cached by (model file, `EngineSettings`):
+the engine's own declaration of what a loaded guard is, so the cache, a run's
+fingerprint and resume never disagree about which settings matter.
 """
 
 from __future__ import annotations
 
+import getpass
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from libra_edge.batch import runner as batch_runner
 from libra_edge.engine import Guard
+from libra_edge.engine.settings import EngineSettings
 from libra_edge.errors import LibraError, ModelError
-from libra_edge.models import registry, resolve_model
-from libra_edge.store import Store
+from libra_edge.models import config, registry, resolve_model
+from libra_edge.store import ResultRow, Store
 
+REVIEWER_ENV = "LIBRA_EDGE_REVIEWER"
 
-@dataclass(frozen=True)
-class GuardSettings:
-    """The engine options a guard is loaded with (the verdict-relevant ones key the cache)."""
-
-    n_ctx: int = 4096
-    threshold: float = 0.5
-    max_new_tokens: int = 256
-    threads: int | None = None
-    gpu_layers: int | str = "auto"
-    verbose: bool = False
+GuardKey = tuple[str, EngineSettings]
 
 
 @dataclass
@@ -42,29 +39,102 @@ class ActiveBatch:
     run_id: int | None = None
 
 
+@dataclass
+class _Loaded:
+    """A cached guard and how many workers hold it."""
+
+    guard: Guard
+    leases: int = 0
+
+
+def reviewer_name(explicit: str | None = None) -> str:
+    """Who records decisions: `--reviewer NAME`, else $LIBRA_EDGE_REVIEWER, else the OS user."""
+    for candidate in (explicit, os.environ.get(REVIEWER_ENV)):
+        if candidate and candidate.strip():
+            return candidate.strip()
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in the environment or the password database
+        return "unknown"
+
+
 def model_label(spec: str | None) -> str:
     """A short name for a model spec: the installed name, or a GGUF file's stem."""
     if not spec:
-        return "default model"
+        return "no model"
     path = Path(spec)
     if path.suffix == ".gguf" or "/" in spec or "\\" in spec:
         return path.stem
     return spec
 
 
-class Session:
-    """The store, the active model spec and the guards loaded so far (thread-safe)."""
+def load_guard(path: Path, settings: EngineSettings) -> Guard:
+    """Load a guard with these settings, as the batch CLI does (`Guard.load(path, settings)`).
 
-    def __init__(self, store: Store, *, model: str | None, settings: GuardSettings) -> None:
+    Never wrapped in file-descriptor redirection here: fd 2 is where Textual draws, and
+    the engine keeps llama.cpp quiet through its log callback.
+    """
+    guard: Guard = batch_runner.load_guard(path, settings)
+    return guard
+
+
+class Session:
+    """The store, the active model spec, the reviewer and the guards loaded so far (thread-safe)."""
+
+    def __init__(self, store: Store, *, model: str | None, settings: EngineSettings,
+                 reviewer: str | None = None) -> None:
         self.store = store
         self.settings = settings
+        self.reviewer = reviewer_name(reviewer)
         self._model = model
         self._lock = threading.Lock()
         # key -> [guard, leases]; the current model's guard stays loaded between checks.
-        self._guards: dict[tuple[Any, ...], list[Any]] = {}
+        self._guards: dict[GuardKey, _Loaded] = {}
+        self._loading: dict[GuardKey, threading.Event] = {}
         self._closed = False
         self.batch: ActiveBatch | None = None
         """Set while a batch run launched from the TUI is being checked."""
+        self._undo: list[list[int]] = []  # result ids of each decision made here, newest last
+
+    # -- review decisions ----------------------------------------------------------------
+    # Each is one short transaction (BEGIN IMMEDIATE: read, decide, write, log), made on
+    # the event loop so that decisions and undos reach the database in key order.
+    def decide(self, result_id: int, decision: str | None, note: str | None) -> ResultRow:
+        """Record this reviewer's decision and note on an item (undoable with `undo`)."""
+        row = self.store.set_review(result_id, decision, note, reviewer=self.reviewer)
+        self._undo.append([result_id])
+        return row
+
+    def confirm_many(self, result_ids: list[int]) -> list[int]:
+        """Confirm the model's verdict on the undecided items among `result_ids` (one undo step)."""
+        done = self.store.confirm_many(result_ids, reviewer=self.reviewer)
+        if done:
+            self._undo.append(done)
+        return done
+
+    @property
+    def can_undo(self) -> bool:
+        """Whether a decision made in this session can still be undone."""
+        return bool(self._undo)
+
+    def undo(self) -> list[ResultRow]:
+        """Undo the latest decision (or bulk confirmation) made in this session; returns the
+        items as they are now. LibraError when there is none, or when another reviewer has
+        decided the item since (their decision stands)."""
+        if not self._undo:
+            raise LibraError("nothing to undo in this session")
+        ids = self._undo.pop()
+        rows = []
+        try:
+            for result_id in reversed(ids):
+                rows.append(self.store.undo_review(result_id, reviewer=self.reviewer))
+        except LibraError:
+            undone = {r.id for r in rows}
+            rest = [i for i in ids if i not in undone]
+            if rest and len(rest) < len(ids):
+                self._undo.append(rest)
+            raise
+        return rows
 
     # -- the active model ------------------------------------------------------------
     @property
@@ -78,9 +148,20 @@ class Session:
             self._model = spec
         self._drop_idle()
 
-    def resolved_model(self) -> Path:
-        """The GGUF file of the active model (ModelError when none can be chosen)."""
-        return resolve_model(self._model)
+    def default_model_name(self) -> str | None:
+        """The installed model used when none is chosen: the configured default, else the only one."""
+        try:
+            name = config.default_model_name()
+        except Exception:  # a broken config file: the Models screen says so
+            name = None
+        if name:
+            return name
+        models = registry.installed_models()
+        return models[0].name if len(models) == 1 else None
+
+    def model_name(self) -> str:
+        """The name of the model checks would use now (what the model menu shows)."""
+        return model_label(self._model or self.default_model_name())
 
     def model_choices(self) -> list[tuple[str, str]]:
         """(label, spec) of every installed model, plus the active one when it is a file."""
@@ -92,35 +173,53 @@ class Session:
 
     # -- guards ------------------------------------------------------------------------
     @contextmanager
-    def lease(self, model: str | Path | None = None, **overrides: Any) -> Iterator[Guard]:
-        """A loaded guard for `model` (default: the active model) with optional settings overrides.
+    def lease(self, model: str | Path | None = None, settings: EngineSettings | None = None) -> Iterator[Guard]:
+        """A loaded guard for `model` (default: the active model) with `settings` (default: the session's).
 
-        Loads on first use (slow: call from a worker thread). The guard stays cached
-        while it belongs to the active model; others are closed when released.
+        Loads on first use (slow: call from a worker thread). The load runs outside the
+        session's lock, so the event loop (which takes it to switch models) never waits
+        for llama.cpp; two workers asking for the same guard at once load it once.
         """
         spec = str(model) if model is not None else self._model
-        settings = replace(self.settings, **overrides)
+        settings = settings or self.settings
         path = resolve_model(spec)
-        key = (str(path.resolve()), settings.n_ctx, settings.threshold, settings.max_new_tokens)
-        with self._lock:
-            if self._closed:
-                raise LibraError("the application is closing")
-            entry = self._guards.get(key)
-            if entry is None:
-                # Loading under the lock: a check and a batch asking at once load it once.
-                guard = Guard.load(
-                    path, n_ctx=settings.n_ctx, threshold=settings.threshold,
-                    max_new_tokens=settings.max_new_tokens, threads=settings.threads,
-                    gpu_layers=settings.gpu_layers, verbose=settings.verbose,
-                )
-                entry = self._guards[key] = [guard, 0]
-            entry[1] += 1
+        key: GuardKey = (str(path.resolve()), settings)
+        entry = self._acquire(key, path)
         try:
-            yield entry[0]
+            yield entry.guard
         finally:
             with self._lock:
-                entry[1] -= 1
+                entry.leases -= 1
             self._drop_idle()
+
+    def _acquire(self, key: GuardKey, path: Path) -> _Loaded:
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise LibraError("the application is closing")
+                entry = self._guards.get(key)
+                if entry is not None:
+                    entry.leases += 1
+                    return entry
+                loading = self._loading.get(key)
+                mine = loading is None
+                if loading is None:
+                    loading = self._loading[key] = threading.Event()
+            if not mine:
+                loading.wait()  # loaded by the other worker (or failed: then try ourselves)
+                continue
+            try:
+                guard = load_guard(path, key[1])
+            except BaseException:
+                with self._lock:
+                    self._loading.pop(key, None)
+                loading.set()
+                raise
+            with self._lock:
+                self._loading.pop(key, None)
+                entry = self._guards[key] = _Loaded(guard, 1)
+            loading.set()
+            return entry
 
     def _active_key_path(self) -> str | None:
         try:
@@ -129,18 +228,14 @@ class Session:
             return None
 
     def _drop_idle(self) -> None:
-        """Close guards that nobody uses and that do not belong to the active model."""
+        """Close guards that nobody uses and that are not the active model's with the session's settings."""
         active = self._active_key_path()
         with self._lock:
-            idle = [k for k, (_, leases) in self._guards.items()
-                    if leases == 0 and (self._closed or k[0] != active or k[1:] != self._default_key())]
-            guards = [self._guards.pop(k)[0] for k in idle]
+            idle = [k for k, e in self._guards.items()
+                    if e.leases == 0 and (self._closed or k != (active, self.settings))]
+            guards = [self._guards.pop(k).guard for k in idle]
         for guard in guards:
             guard.close()
-
-    def _default_key(self) -> tuple[Any, ...]:
-        s = self.settings
-        return (s.n_ctx, s.threshold, s.max_new_tokens)
 
     def close(self, *, wait_s: float = 60.0) -> None:
         """Stop a running batch (it is marked interrupted), close the guards, then the store."""

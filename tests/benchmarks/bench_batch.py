@@ -46,7 +46,7 @@ def bench_mode(model: Path, items_file: Path, mode: str, *, threads: int | None,
     from libra_edge.engine import Guard
 
     with tempfile.TemporaryDirectory() as tmp, open_store(Path(tmp) / "bench.db") as store:
-        with Guard.load(model, n_ctx=n_ctx * parallel, threads=threads, max_new_tokens=max_new_tokens,
+        with Guard.load(model, ctx_per_seq=n_ctx, threads=threads, max_new_tokens=max_new_tokens,
                         parallel=parallel) as guard:
             batch = read_inputs([items_file])
             job = BatchJob.open(store, guard, batch, BatchOptions(analysis=mode))  # type: ignore[arg-type]

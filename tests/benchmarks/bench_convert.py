@@ -59,7 +59,7 @@ def main() -> int:
     for stale in (F16,):
         stale.unlink(missing_ok=True)
     measure("libra-edge: HF -> F16", [PY, "-m", "convert", str(src), "-o", str(F16), "--outtype", "f16"])
-    quant = (f"from pathlib import Path; from convert import quantize_gguf; "
+    quant = (f"from pathlib import Path; from libra_edge.convert import quantize_gguf; "
              f"quantize_gguf(Path({str(F16)!r}), Path({str(Q4_K_M)!r}), 'q4_k_m')")
     Q4_K_M.unlink(missing_ok=True)
     measure("libra-edge: F16 -> Q4_K_M (llama.cpp in process)", [PY, "-c", quant])

@@ -134,7 +134,7 @@ def main() -> int:
     if Q4_K_M.is_file():
         print(f"{Q4_K_M} already exists")
         return 0
-    from convert import convert_checkpoint
+    from libra_edge.convert import convert_checkpoint
 
     result = convert_checkpoint(src, Q4_K_M, outtype="q4_k_m", name="qwen2.5-3b-random")
     print(f"wrote {result.path} ({result.file_size / 1e9:.2f} GB) in {result.seconds:.0f} s")

@@ -45,7 +45,7 @@ class CheckScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         session = self.libra.session
         yield Header()
-        yield ModelBar(session.model_choices(), session.model, fast=self.fast)
+        yield ModelBar(session.model_choices(), session.model or session.default_model_name(), fast=self.fast)
         with Horizontal(id="pair"):
             question = TextArea(id="question", soft_wrap=True, show_line_numbers=False)
             question.border_title = "问题 question"
@@ -63,7 +63,7 @@ class CheckScreen(Screen[None]):
     def on_mount(self) -> None:
         self.sub_title = "Check"
         self.query_one(AnalysisView).set_text(PLACEHOLDER, placeholder=True)
-        self.query_one(ModelBar).set_state(f"{model_label(self.libra.session.model)} · not loaded yet")
+        self.query_one(ModelBar).set_state(f"{self.libra.session.model_name()} · not loaded yet")
         self.query_one("#question", TextArea).focus()
         self.watch(self.app, "active_model", self._active_model_changed, init=False)
 
@@ -101,10 +101,12 @@ class CheckScreen(Screen[None]):
         """Load the model if needed and judge the pair, streaming the analysis as messages."""
         session = self.libra.session
         try:
+            def stream(text: str) -> None:
+                self.post_message(AnalysisText(text))
+
             with session.lease() as guard:
                 self.post_message(ModelReady(model_label(str(guard.info.path)), guard.info.quant))
-                verdict = guard.check(question, response, analysis=analysis,
-                                      on_text=lambda text: self.post_message(AnalysisText(text)))
+                verdict = guard.check(question, response, analysis=analysis, on_text=stream)
         except Exception as exc:  # shown as a notification, never a traceback
             self.post_message(WorkFailed.of("check", exc))
             return
@@ -144,5 +146,6 @@ class CheckScreen(Screen[None]):
 
     def _active_model_changed(self, spec: str | None) -> None:
         bar = self.query_one(ModelBar)
-        bar.set_model(self.libra.session.model_choices(), spec)
-        bar.set_state(f"{model_label(spec)} · not loaded yet")
+        session = self.libra.session
+        bar.set_model(session.model_choices(), spec or session.default_model_name())
+        bar.set_state(f"{session.model_name()} · not loaded yet")

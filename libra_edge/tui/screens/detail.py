@@ -1,12 +1,12 @@
-"""Item detail: the full question, response and analysis, and the reviewer's decision.
+"""Item detail: the full question, response and analysis, the gold label when the input has
+one, the conversation around a transcript turn, and the reviewer's decision.
 
-n / p jump to the next / previous flagged item of the list the item was opened from
-(same filter and sort), so a reviewer works through flagged items without the table.
+n / p jump to the next / previous undecided flagged item of the list the item was opened
+from (same filter and sort), so a reviewer works through the queue without the table.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from rich.text import Text
@@ -14,62 +14,41 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static
 
-from libra_edge.store import Order, ResultFilter, ResultRow, Store
-from libra_edge.tui.formatting import score_text
-from libra_edge.tui.messages import ItemLoaded, WorkFailed
+from libra_edge.store import ResultRow
+from libra_edge.tui.formatting import gold_analysis, gold_label, score_text
+from libra_edge.tui.messages import ConversationLoaded, ItemLoaded, WorkFailed
+from libra_edge.tui.queue import ResultList, next_undecided, previous_undecided
 from libra_edge.tui.widgets.review_panel import ReviewPanel
 from libra_edge.tui.widgets.verdict_badge import VerdictBadge
 
 if TYPE_CHECKING:
     from libra_edge.tui.app import LibraApp
 
-SCAN = 64  # rows fetched per step when looking for the next flagged item
+DECISION_WORDS = {"confirm": "confirmed", "safe": "overridden → 安全", "unsafe": "overridden → 不安全"}
+SPAN_STYLE = "bold reverse"
+
+__all__ = ["DetailScreen", "ResultList", "response_text"]
 
 
-@dataclass(frozen=True)
-class ResultList:
-    """The list an item was opened from: a run, a filter and a sort order."""
-
-    run_id: int
-    filter: ResultFilter
-    order: Order
-
-    def page(self, store: Store, offset: int, limit: int) -> list[ResultRow]:
-        """Rows `offset` .. `offset + limit` of the list."""
-        return list(store.iter_results(self.run_id, self.filter, order=self.order, limit=limit, offset=offset))
+def response_text(row: ResultRow) -> Text:
+    """The response, with the deciding window's characters highlighted when it was judged in windows."""
+    text = Text(row.response)
+    start, end = row.span_start, row.span_end
+    if start is not None and end is not None and (row.windows or 1) > 1 and 0 <= start < end <= len(row.response):
+        text.stylize(SPAN_STYLE, start, end)
+    return text
 
 
-def next_flagged(store: Store, lst: ResultList, current: ResultRow, index: int) -> tuple[ResultRow, int] | None:
-    """The first flagged item after `current` (at `index`) in the list, with its index."""
-    offset = index
-    while True:
-        rows = lst.page(store, offset, SCAN)
-        if not rows:
-            return None
-        for i, row in enumerate(rows):
-            # The list may have lost `current` (a review under a review filter): then the
-            # row now at `index` is already the next one.
-            if row.id == current.id or (offset + i) < index:
-                continue
-            if row.flagged:
-                return row, offset + i
-        offset += len(rows)
-
-
-def previous_flagged(store: Store, lst: ResultList, index: int) -> tuple[ResultRow, int] | None:
-    """The last flagged item before position `index` in the list, with its index."""
-    end = index
-    while end > 0:
-        start = max(0, end - SCAN)
-        rows = lst.page(store, start, end - start)
-        for i in range(len(rows) - 1, -1, -1):
-            if rows[i].flagged:
-                return rows[i], start + i
-        end = start
-    return None
+def _span_title(row: ResultRow) -> str:
+    windows, window, start, end = row.windows, row.window, row.span_start, row.span_end
+    if windows is None or windows <= 1 or start is None or end is None:
+        return ""
+    which = f"window {window + 1} of {windows}" if window is not None else f"{windows} windows"
+    return f"deciding {which}: characters {start:,}–{end:,} (highlighted)"
 
 
 class DetailScreen(Screen[None]):
@@ -77,13 +56,16 @@ class DetailScreen(Screen[None]):
 
     BINDINGS = [
         Binding("escape", "back", "Back"),
-        Binding("c", "review('confirm')", "Confirm"),
-        Binding("s", "review('safe')", "→ 安全"),
-        Binding("u", "review('unsafe')", "→ 不安全"),
-        Binding("x", "review('')", "Clear review"),
+        Binding("c", "review('confirm')", "Confirm", tooltip="Confirm the model's verdict (with the note)."),
+        Binding("s", "review('safe')", "→ 安全",
+                tooltip="Decide 安全 (safe): an override of a flagged item, a confirmation of a safe one."),
+        Binding("u", "review('unsafe')", "→ 不安全",
+                tooltip="Decide 不安全 (unsafe): a confirmation of a flagged item, an override of a safe one."),
+        Binding("x", "review('')", "Clear", tooltip="Clear the decision (undo restores it)."),
+        Binding("z", "undo", "Undo"),
         Binding("e", "edit_note", "Note"),
-        Binding("n", "next_flagged", "Next flagged"),
-        Binding("p", "previous_flagged", "Prev flagged"),
+        Binding("n", "queue(1)", "Next", tooltip="Next flagged item without a decision in the list it was opened from."),
+        Binding("p", "queue(-1)", "Prev", tooltip="Previous flagged item without a decision in that list."),
     ]
 
     def __init__(self, lst: ResultList, row: ResultRow, index: int) -> None:
@@ -102,16 +84,19 @@ class DetailScreen(Screen[None]):
         yield VerdictBadge(id="detail-verdict")
         yield Static("", id="detail-meta", markup=False)
         with VerticalScroll(id="detail-body"):
+            yield Static("", id="detail-conversation", classes="detail-text", markup=False)
             yield Static("", id="detail-question", classes="detail-text", markup=False)
             yield Static("", id="detail-response", classes="detail-text", markup=False)
             yield Static("", id="detail-analysis", classes="detail-text", markup=False)
+            yield Static("", id="detail-gold", classes="detail-text", markup=False)
         yield ReviewPanel(id="review")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#detail-question").border_title = "问题 question"
         self.query_one("#detail-response").border_title = "回答 response"
-        self.query_one("#detail-analysis").border_title = "分析 analysis"
+        self.query_one("#detail-analysis").border_title = "分析 analysis (model)"
+        self.query_one("#detail-conversation").border_title = "对话 conversation"
         self._show(self.row)
         self.query_one("#detail-body").focus()
 
@@ -132,19 +117,62 @@ class DetailScreen(Screen[None]):
         if row.truncated:
             meta.append("inputs were truncated")
         meta.append(f"score {score_text(row.score)}")
+        gold = gold_label(row.fields)
+        if gold is not None:
+            agree = "agrees" if gold == row.label else "DISAGREES"
+            meta.append(f"gold {gold} ({agree})")
         self.query_one("#detail-meta", Static).update(" · ".join(meta))
         self.query_one("#detail-question", Static).update(Text(row.question))
-        self.query_one("#detail-response", Static).update(Text(row.response))
+        response = self.query_one("#detail-response", Static)
+        response.update(response_text(row))
+        response.border_subtitle = _span_title(row)
         analysis = row.error if row.error is not None else row.analysis
         self.query_one("#detail-analysis", Static).update(
             Text(analysis) if analysis else Text("(no analysis: fast mode, or not generated for safe items)",
                                                  style="dim"))
+        gold_box = self.query_one("#detail-gold", Static)
+        gold_text = gold_analysis(row.fields)
+        gold_box.display = gold is not None or gold_text is not None
+        gold_box.border_title = f"gold label: {gold}" if gold else "gold analysis"
+        gold_box.update(Text(gold_text or "(the input has a label but no analysis)"))
+        conversation = self.query_one("#detail-conversation", Static)
+        conversation.display = False
+        if row.conversation_id is not None:
+            self._load_conversation(row.run_id, row.conversation_id, row.id)
         self.query_one("#detail-body", VerticalScroll).scroll_home(animate=False)
         self.query_one(ReviewPanel).show(row)
 
+    # -- the conversation around a transcript turn ------------------------------------------
+    @work(thread=True, exclusive=True, group="detail-conversation")
+    def _load_conversation(self, run_id: int, conversation_id: str, result_id: int) -> None:
+        try:
+            turns = self.libra.session.store.conversation(run_id, conversation_id)
+        except Exception as exc:
+            self.post_message(WorkFailed.of("reading the conversation", exc))
+            return
+        self.post_message(ConversationLoaded(result_id, turns))
+
+    @on(ConversationLoaded)
+    def _conversation(self, event: ConversationLoaded) -> None:
+        if event.result_id != self.row.id or len(event.turns) < 2:
+            return
+        text = Text()
+        for turn in event.turns:
+            here = turn.id == self.row.id
+            head = f"message {turn.turn_index + 1}" if turn.turn_index is not None else f"item {turn.seq + 1}"
+            verdict = turn.label or ("error" if turn.error else "—")
+            text.append(f"{'▶ ' if here else '  '}{head} · {verdict} {score_text(turn.score)}\n",
+                        style="bold" if here else "dim")
+            text.append(f"  用户: {turn.question}\n", style="" if here else "dim")
+            text.append(f"  助手: {turn.response}\n", style="" if here else "dim")
+        box = self.query_one("#detail-conversation", Static)
+        box.border_title = f"对话 conversation · {len(event.turns)} judged turns (this one marked ▶)"
+        box.update(text)
+        box.display = True
+
     # -- review -----------------------------------------------------------------------------
     def action_review(self, decision: str) -> None:
-        """Record the decision now (`''` clears it); the note field's text is saved with it."""
+        """Decide this item (`''` clears the decision); the note field's text is saved with it."""
         note = self.query_one("#note", Input).value.strip() or None
         self._save(decision or None, note)
 
@@ -158,41 +186,49 @@ class DetailScreen(Screen[None]):
         self.query_one("#detail-body").focus()
 
     def _save(self, decision: str | None, note: str | None) -> None:
-        # One UPDATE of one row: immediate, so the decision is on disk before the next key.
+        # One short transaction on the event loop: on disk, in key order, before the next key.
         try:
-            row = self.libra.session.store.set_review(self.row.id, decision, note)
+            row = self.libra.session.decide(self.row.id, decision, note)
         except Exception as exc:
             failed = WorkFailed.of("saving the review", exc)
             self.notify(failed.message, title="review not saved", severity="error", timeout=8)
             return
         self._show(row)
-        word = {"confirm": "confirmed", "safe": "overridden → 安全", "unsafe": "overridden → 不安全"}
-        self.notify(f"item {row.seq + 1}: {word.get(decision or '', 'review cleared')}"
+        self.notify(f"item {row.seq + 1}: {DECISION_WORDS.get(row.review or '', 'no decision')}"
                     + (" · note saved" if note else ""), timeout=2)
 
-    # -- navigation -------------------------------------------------------------------------
-    def action_next_flagged(self) -> None:
-        """Move to the next flagged item of the list."""
-        self._navigate(1)
+    def action_undo(self) -> None:
+        """Undo the last decision made in this window (the earlier one comes back)."""
+        try:
+            rows = self.libra.session.undo()
+        except Exception as exc:
+            self.notify(WorkFailed.of("undo", exc).message, title="not undone", severity="warning", timeout=6)
+            return
+        for row in rows:
+            if row.id == self.row.id:
+                self._show(row)
+        items = ", ".join(str(r.seq + 1) for r in sorted(rows, key=lambda r: r.seq))
+        self.notify(f"undone: item{'s' if len(rows) > 1 else ''} {items}", timeout=3)
 
-    def action_previous_flagged(self) -> None:
-        """Move to the previous flagged item of the list."""
-        self._navigate(-1)
+    # -- navigation -------------------------------------------------------------------------
+    def action_queue(self, direction: int) -> None:
+        """Move to the next (+1) / previous (-1) flagged item without a decision in the list."""
+        self._navigate(direction)
 
     @work(thread=True, exclusive=True, group="detail-nav")
     def _navigate(self, direction: int) -> None:
         store = self.libra.session.store
         try:
             if direction > 0:
-                found = next_flagged(store, self.source_list, self.row, self.index)
+                found = next_undecided(store, self.source_list, self.row.id, self.index)
             else:
-                found = previous_flagged(store, self.source_list, self.index)
+                found = previous_undecided(store, self.source_list, self.index)
         except Exception as exc:
             self.post_message(WorkFailed.of("moving to the next item", exc))
             return
         if found is None:
             self.post_message(WorkFailed("navigation", f"no {'next' if direction > 0 else 'previous'} "
-                                                       "flagged item in this list"))
+                                                       "undecided flagged item in this list"))
             return
         self.post_message(ItemLoaded(*found))
 
@@ -203,12 +239,12 @@ class DetailScreen(Screen[None]):
 
     @on(WorkFailed)
     def _failed(self, event: WorkFailed) -> None:
-        severity = "warning" if event.action == "navigation" else "error"
+        severity: SeverityLevel = "warning" if event.action == "navigation" else "error"
         self.notify(event.message, severity=severity, timeout=4)
 
     def action_back(self) -> None:
-        """Leave the note field, else go back to the table."""
-        if isinstance(self.focused, Input):
-            self.query_one("#detail-body").focus()
-            return
+        """Back to the table in one key (a note typed but not saved is saved first)."""
+        note = self.query_one("#note", Input).value.strip() or None
+        if note != self.row.review_note:
+            self._save(self.row.review, note)
         self.app.pop_screen()

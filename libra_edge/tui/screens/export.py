@@ -1,4 +1,5 @@
-"""The export dialog: format (JSONL or CSV) and the file to write the current filter to."""
+"""The export dialog: format (JSONL or CSV) and the file to write the listed items to, in the
+order they are listed, with each decision's reviewer, time and note."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select
 
 FORMATS = (("JSONL (input fields + critic + verdict + review)", "jsonl"), ("CSV (the same, flattened)", "csv"))
+ORDER_WORDS = {"seq": "in input order", "score_desc": "highest score first", "score_asc": "lowest score first"}
 
 
 @dataclass(frozen=True)
@@ -31,15 +33,17 @@ class ExportScreen(ModalScreen[ExportRequest | None]):
         Binding("escape", "cancel", "Cancel"),
     ]
 
-    def __init__(self, folder: Path, stem: str, count: int) -> None:
+    def __init__(self, folder: Path, stem: str, count: int, order: str = "seq") -> None:
         super().__init__()
         self.folder = folder
         self.stem = stem
         self.count = count
+        self.order = order
 
     def compose(self) -> ComposeResult:
         with Vertical(id="export-dialog", classes="dialog"):
-            yield Label(f"Export the {self.count:,} items of the current filter", classes="dialog-title")
+            yield Label(f"Export the {self.count:,} items of the current filter, "
+                        f"{ORDER_WORDS.get(self.order, self.order)}", classes="dialog-title")
             with Horizontal(classes="dialog-row"):
                 yield Label("format", classes="dialog-label")
                 yield Select(FORMATS, value="jsonl", allow_blank=False, id="export-format")

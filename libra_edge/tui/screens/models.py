@@ -48,7 +48,10 @@ class ModelsScreen(Screen[None]):
     def on_mount(self) -> None:
         self.sub_title = "Models"
         self.query_one(ModelsTable).focus()
-        self.watch(self.app, "active_model", lambda _: self.load_models(), init=False)
+        self.watch(self.app, "active_model", self._active_model_changed, init=False)
+
+    def _active_model_changed(self, _spec: str | None) -> None:
+        self.load_models()
 
     def on_screen_resume(self) -> None:
         self.load_models()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -12,7 +12,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from libra_edge.batch.readers import read_inputs
-from libra_edge.batch.runner import BatchJob, BatchOptions
+from libra_edge.batch.runner import BatchJob, BatchOptions, BatchProgress, resume_settings
+from libra_edge.engine.settings import EngineSettings
 from libra_edge.errors import LibraError
 from libra_edge.store import RunRow
 from libra_edge.tui.messages import BatchEnded, BatchProgressed, BatchStarted, RunsListed, WorkFailed
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
     from libra_edge.tui.app import LibraApp
 
 POLL_S = 2.0  # how often runs checked by other processes (`libra-edge batch`) are re-read
-# Settings a resumed run must be loaded with again (they are part of its fingerprint).
-RESUME_SETTINGS = ("n_ctx", "threshold", "max_new_tokens")
 
 
 class RunsScreen(Screen[None]):
@@ -101,13 +100,13 @@ class RunsScreen(Screen[None]):
         if run is None:
             info.update("No runs yet: press n to check a file.")
             return
-        s = run.settings
-        parts = [
-            f"run {run.id}",
-            f"model {run.model_name} ({run.quant or '?'})",
-            f"ctx {s.get('n_ctx', '?')}, threshold {s.get('threshold', '?')}, "
-            f"max tokens {s.get('max_new_tokens', '?')}",
-        ]
+        parts = [f"run {run.id}", f"model {run.model_name} ({run.quant or '?'})"]
+        try:
+            s = EngineSettings.from_stored(run.settings)
+            parts.append(f"ctx {s.ctx_per_seq} per sequence, threshold {s.threshold:g}, "
+                         f"max tokens {s.max_new_tokens}" + (f", parallel {s.parallel}" if s.parallel > 1 else ""))
+        except LibraError as exc:
+            parts.append(f"settings unreadable: {exc}")
         if run.skipped:
             parts.append(f"{run.skipped} input records skipped")
         if run.message:
@@ -143,8 +142,8 @@ class RunsScreen(Screen[None]):
     def _launch(self, request: LaunchRequest | None) -> None:
         if request is None:
             return
-        options = BatchOptions(analysis=request.analysis)  # type: ignore[arg-type]
-        self._start([request.path], options, model=None, overrides={}, resume=None)
+        options = BatchOptions(analysis=request.analysis, format=request.format)  # type: ignore[arg-type]
+        self._start([request.path], options, model=None, settings=self.libra.session.settings, resume=None)
 
     def action_resume_run(self) -> None:
         """Continue the selected run where it stopped (with its own model and settings)."""
@@ -157,9 +156,15 @@ class RunsScreen(Screen[None]):
         if run.status == "finished" and run.done >= run.total and not run.errors:
             self.notify(f"run {run.id} is complete: nothing to resume")
             return
-        overrides = {k: run.settings[k] for k in RESUME_SETTINGS if k in run.settings}
+        # The batch CLI's own resume rule: the run's verdict settings, this session's threads.
+        mine = self.libra.session.settings
+        try:
+            settings = resume_settings(run, threads=mine.threads, verbose=mine.verbose)
+        except LibraError as exc:
+            self.notify(str(exc), title=f"run {run.id} cannot resume", severity="error", timeout=8)
+            return
         self._start([Path(p) for p in run.inputs], BatchOptions.from_json(run.options),
-                    model=run.model_path, overrides=overrides, resume=run.id)
+                    model=run.model_path, settings=settings, resume=run.id)
 
     def action_cancel_run(self) -> None:
         """Stop the run this TUI is checking after the item in hand (resume continues it)."""
@@ -177,36 +182,39 @@ class RunsScreen(Screen[None]):
         return False
 
     def _start(self, inputs: list[Path], options: BatchOptions, *, model: str | None,
-               overrides: dict[str, Any], resume: int | None) -> None:
+               settings: EngineSettings, resume: int | None) -> None:
         self.libra.session.batch = ActiveBatch()
         self.query_one(RunProgress).start(resume or 0, 0, 0)
-        self.run_batch(inputs, options, model=model, overrides=overrides, resume=resume)
+        self.run_batch(inputs, options, model=model, settings=settings, resume=resume)
 
     # -- the worker -------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="batch")
     def run_batch(self, inputs: list[Path], options: BatchOptions, *, model: str | None,
-                  overrides: dict[str, Any], resume: int | None) -> None:
+                  settings: EngineSettings, resume: int | None) -> None:
         """Read the inputs, open (or resume) the run and check it, posting progress."""
         session = self.libra.session
         control = session.batch
         assert control is not None
         try:
-            batch = read_inputs(inputs, options.fields, strict=options.strict)
+            batch = read_inputs(inputs, options.fields, strict=options.strict, format=options.format,  # type: ignore[arg-type]
+                                turns=options.turns)  # type: ignore[arg-type]
             if not batch.items:
                 raise LibraError("no items to check", hint="; ".join(str(i) for i in batch.issues[:3]) or None)
-            with session.lease(model, **overrides) as guard:
+            with session.lease(model, settings) as guard:
                 job = BatchJob.open(session.store, guard, batch, options, resume=resume)
                 control.run_id = job.run_id
                 self.post_message(BatchStarted(job.run_id, job.resumed, len(job.pending),
                                                len(batch.items), [str(i) for i in batch.issues]))
-                summary = job.execute(on_progress=lambda p: self.post_message(BatchProgressed(p)),
-                                      cancel=control.cancel)
+                summary = job.execute(on_progress=self._post_progress, cancel=control.cancel)
             self.post_message(BatchEnded(summary))
         except Exception as exc:  # one notification; finished items are already stored
             self.post_message(WorkFailed.of("batch run", exc))
         finally:
             session.batch = None
             control.finished.set()
+
+    def _post_progress(self, progress: BatchProgress) -> None:
+        self.post_message(BatchProgressed(progress))
 
     # -- handlers ---------------------------------------------------------------------------
     @on(BatchStarted)

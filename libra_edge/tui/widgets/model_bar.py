@@ -38,6 +38,7 @@ class ModelBar(Horizontal):
         fast: bool
 
     def __init__(self, choices: list[tuple[str, str]], model: str | None, *, fast: bool) -> None:
+        """`model`: the spec in use — the chosen one, else the default model's name (None: none)."""
         super().__init__()
         self._choices = choices
         self._model = model
@@ -48,7 +49,7 @@ class ModelBar(Horizontal):
         specs = [spec for _, spec in self._choices]
         yield Select(
             [(Text(label), spec) for label, spec in self._choices], value=self._model if self._model in specs else Select.NULL,
-            prompt="default model", compact=True, id="model",
+            prompt="no model installed (see F3)", compact=True, id="model",
         )
         yield Label("mode")
         yield Select(MODES, value="fast" if self._fast else "full", allow_blank=False, compact=True, id="mode")

@@ -1,4 +1,8 @@
-"""The results filter bar: verdict, review status, score range, source, category, search."""
+"""The results filter bar: verdict, review status, score range, source, category, search.
+
+Every control also answers a key on the results screen (`f`, `d`, `t`, `k`, `m`, `/`,
+`a`): the methods below are what those keys call.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from libra_edge.store import Facets, ResultFilter
 
 VERDICTS = (("all", "all"), ("flagged (不安全)", "flagged"), ("safe (安全)", "safe"), ("errors", "error"))
 REVIEWS = (
-    ("any review", "any"), ("unreviewed", "unreviewed"), ("reviewed", "reviewed"),
+    ("any decision", "any"), ("undecided", "unreviewed"), ("decided", "reviewed"),
     ("confirmed", "confirm"), ("overridden → 安全", "safe"), ("overridden → 不安全", "unsafe"),
 )
 ANY = "*"  # Select values cannot be None: this stands for "no constraint"
@@ -42,10 +46,15 @@ class ResultsFilters(Vertical):
 
         filter: ResultFilter
 
+    class Done(Message):
+        """Enter in a text field: the screen puts the focus back on the table."""
+
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._search_timer: Timer | None = None
         self._quiet = False
+        # The values of each menu, in menu order (what the cycling keys step through).
+        self._values: dict[str, list[str]] = {"review": [v for _, v in REVIEWS], "source": [ANY], "category": [ANY]}
 
     def compose(self) -> ComposeResult:
         with Horizontal():
@@ -66,6 +75,8 @@ class ResultsFilters(Vertical):
         """Fill the source and category menus with the run's values and counts."""
         self._quiet = True  # set_options resets the value: not a user change
         try:
+            self._values["source"] = [ANY, *facets.sources]
+            self._values["category"] = [ANY, *facets.categories]
             self.query_one("#source", Select).set_options(
                 [("any source", ANY), *((Text(f"{k} ({n})"), k) for k, n in facets.sources.items())])
             self.query_one("#category", Select).set_options(
@@ -81,6 +92,41 @@ class ResultsFilters(Vertical):
     def set_verdict(self, verdict: str) -> None:
         """Choose the verdict filter (the `f` key); posts Changed."""
         self.query_one("#verdict", Select).value = verdict
+
+    def cycle(self, control: str, step: int = 1) -> str:
+        """Move the menu `control` (`review`, `source`, `category`) to its next option; posts
+        Changed. Returns the option's label."""
+        select: Select[str] = self.query_one(f"#{control}", Select)
+        values = self._values[control]
+        if not values:
+            return ""
+        current = select.value
+        index = values.index(current) if current in values else 0
+        select.value = values[(index + step) % len(values)]
+        return str(select.value)
+
+    def focus_min_score(self) -> None:
+        """Put the cursor in the minimum-score field (Enter returns to the table)."""
+        self.query_one("#min-score", Input).focus()
+
+    def clear_all(self) -> None:
+        """Every filter back to "all" (one Changed message, not one per control)."""
+        self._quiet = True
+        try:
+            self.query_one("#verdict", Select).value = "all"
+            self.query_one("#review", Select).value = "any"
+            self.query_one("#source", Select).value = ANY
+            self.query_one("#category", Select).value = ANY
+            for selector in ("#min-score", "#max-score", "#search"):
+                self.query_one(selector, Input).value = ""
+        finally:
+            self.call_after_refresh(self._unquiet_and_post)
+
+    def _unquiet_and_post(self) -> None:
+        self._quiet = False
+        if self._search_timer is not None:
+            self._search_timer.stop()
+        self._changed()
 
     @property
     def verdict(self) -> str:
@@ -127,6 +173,11 @@ class ResultsFilters(Vertical):
         if event.validation_result is None or event.validation_result.is_valid:
             self._changed()
 
+    @on(Input.Submitted, ".score")
+    def _score_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.post_message(self.Done())
+
     @on(Input.Changed, "#search")
     def _search_changed(self, event: Input.Changed) -> None:
         # Wait for a pause in typing: each keystroke would otherwise start a query.
@@ -141,6 +192,7 @@ class ResultsFilters(Vertical):
         if self._search_timer is not None:
             self._search_timer.stop()
         self._changed()
+        self.post_message(self.Done())
 
     def focus_search(self) -> None:
         """Put the cursor in the search box."""

@@ -1,27 +1,40 @@
-"""One page of a run's results as a table; the page, not the run, is what gets built."""
+"""One page of a run's results as a table; the page, not the run, is what gets built.
+
+The question and the response (each folded to one line) share whatever width the
+terminal leaves after the fixed columns, so a wide terminal shows more of both. The
+gold column appears when the run's inputs carry Libra-Test's `label` field.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from textual.message import Message
 from rich.text import Text
 from textual.binding import Binding
+from textual.coordinate import Coordinate
+from textual.events import Resize
+from textual.message import Message
 from textual.widgets import DataTable
 
 from libra_edge.store import ResultRow
-from libra_edge.tui.formatting import preview, review_cell, score_text, verdict_cell
+from libra_edge.tui.formatting import gold_cell, gold_label, preview, review_cell, score_text, verdict_cell
 
-COLUMNS = ("#", "id", "verdict", "score", "review", "source", "category", "question")
+# (key, header, width) of the columns before the question and the response.
+FIXED = (
+    ("#", "#", 6), ("id", "id", 14), ("verdict", "verdict", 7), ("score", "score", 5),
+    ("gold", "gold", 7), ("decision", "decision", 11), ("source", "source", 14), ("category", "category", 16),
+)
+MIN_TEXT = 20  # the narrowest the question and the response columns get
+COLUMNS = tuple(key for key, _, _ in FIXED) + ("question", "response")
 
 
 class ResultsTable(DataTable[object]):
     """Rows of the current page; `page_offset` is the first row's position in the filtered list."""
 
     DEFAULT_CSS = """
-    ResultsTable { height: 1fr; }
+    ResultsTable { height: 1fr; width: 1fr; }
     """
-    BINDINGS = [Binding("enter", "select_cursor", "Open item")]
+    BINDINGS = [Binding("enter", "select_cursor", "Open item", show=False)]
 
     @dataclass
     class EdgeReached(Message):
@@ -33,19 +46,104 @@ class ResultsTable(DataTable[object]):
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
         self.rows_shown: list[ResultRow] = []
         self.page_offset = 0
+        self.show_gold = False
+        self.marked: tuple[int, int] | None = None
+        """A range of list positions (inclusive) marked for a bulk decision."""
+        self._text_widths = (0, 0)
 
     def on_mount(self) -> None:
-        for name in COLUMNS:
-            self.add_column(name, key=name)
+        self._build_columns()
 
-    def show_page(self, rows: list[ResultRow], offset: int, *, cursor: int = 0) -> None:
-        """Replace the rows with this page and put the cursor on row `cursor` of it."""
-        self.clear()
+    def on_resize(self, event: Resize) -> None:
+        if self._widths() != self._text_widths:
+            self._rebuild(self.cursor_row)
+
+    # -- columns -------------------------------------------------------------------------
+    def _widths(self) -> tuple[int, int]:
+        """Widths of the question and response columns for the table's current width."""
+        fixed = [w for key, _, w in FIXED if key != "gold" or self.show_gold]
+        # Each column is padded by one cell on both sides; 2 more for the scrollbar.
+        spare = self.size.width - sum(fixed) - 2 * (len(fixed) + 2) - 2
+        question = max(MIN_TEXT, spare * 2 // 5)
+        return question, max(MIN_TEXT, spare - question)
+
+    def _build_columns(self) -> None:
+        self._text_widths = self._widths()
+        for key, header, width in FIXED:
+            if key != "gold" or self.show_gold:
+                self.add_column(header, key=key, width=width)
+        self.add_column("question", key="question", width=self._text_widths[0])
+        self.add_column("response", key="response", width=self._text_widths[1])
+
+    def _rebuild(self, cursor: int) -> None:
+        self.clear(columns=True)
+        self._build_columns()
+        self._add_rows(cursor)
+
+    # -- rows ------------------------------------------------------------------------------
+    def show_page(self, rows: list[ResultRow], offset: int, *, cursor: int = 0, gold: bool | None = None) -> None:
+        """Replace the rows with this page and put the cursor on row `cursor` of it.
+
+        `gold`: show the gold-label column (default: when a row of the page has one).
+        """
         self.rows_shown = list(rows)
         self.page_offset = offset
-        self.add_rows(self._cells(r) for r in rows)
-        if rows:
-            self.move_cursor(row=min(max(cursor, 0), len(rows) - 1), animate=False)
+        show_gold = any(gold_label(r.fields) for r in rows) if gold is None else gold
+        if show_gold != self.show_gold or self._widths() != self._text_widths:
+            self.show_gold = show_gold
+            self._rebuild(cursor)
+            return
+        self.clear()
+        self._add_rows(cursor)
+
+    def _add_rows(self, cursor: int) -> None:
+        self.add_rows(self._cells(r, self.page_offset + i) for i, r in enumerate(self.rows_shown))
+        if self.rows_shown:
+            self.move_cursor(row=min(max(cursor, 0), len(self.rows_shown) - 1), animate=False)
+
+    def replace_row(self, row: ResultRow) -> None:
+        """Show a changed result (a decision) in place, if it is on this page."""
+        for i, shown in enumerate(self.rows_shown):
+            if shown.id == row.id:
+                self.rows_shown[i] = row
+                for column, cell in enumerate(self._cells(row, self.page_offset + i)):
+                    self.update_cell_at(Coordinate(i, column), cell)
+                return
+
+    def set_marked(self, marked: tuple[int, int] | None) -> None:
+        """Mark a range of list positions (the `#` column shows ▌ on marked rows)."""
+        self.marked = marked
+        for i, row in enumerate(self.rows_shown):
+            self.update_cell_at(Coordinate(i, 0), self._number(row, self.page_offset + i))
+
+    def _number(self, row: ResultRow, position: int) -> Text:
+        lo, hi = self.marked or (-1, -2)
+        if lo <= position <= hi:
+            return Text(f"▌{row.seq + 1}", style="bold magenta")
+        return Text(str(row.seq + 1))
+
+    def _cells(self, row: ResultRow, position: int) -> tuple[object, ...]:
+        category = row.category or ""
+        if row.sub_category:
+            category = f"{category}/{row.sub_category}" if category else row.sub_category
+        question_w, response_w = self._text_widths
+        # Text, not str: a DataTable parses str cells as markup, and user text may hold `[...]`.
+        cells: list[object] = [
+            self._number(row, position),
+            Text(preview(row.item_id or "", 14)),
+            verdict_cell(row.label, row.error),
+            Text(score_text(row.score)),
+        ]
+        if self.show_gold:
+            cells.append(gold_cell(gold_label(row.fields), row.label))
+        cells += [
+            review_cell(row.review),
+            Text(preview(row.source or "", 14)),
+            Text(preview(category, 16)),
+            Text(preview(row.question, question_w)),
+            Text(preview(row.response, response_w), style="dim" if not row.flagged else ""),
+        ]
+        return tuple(cells)
 
     # Moving past either end of the page asks for the neighbouring page, so scrolling
     # through a 10,000-item run feels continuous while only one page is ever built.
@@ -79,20 +177,3 @@ class ResultsTable(DataTable[object]):
         if not self.rows_shown or not 0 <= self.cursor_row < len(self.rows_shown):
             return None
         return self.rows_shown[self.cursor_row], self.page_offset + self.cursor_row
-
-    @staticmethod
-    def _cells(row: ResultRow) -> tuple[object, ...]:
-        category = row.category or ""
-        if row.sub_category:
-            category = f"{category}/{row.sub_category}" if category else row.sub_category
-        # Text, not str: a DataTable parses str cells as markup, and user text may hold `[...]`.
-        return (
-            Text(str(row.seq + 1)),
-            Text(preview(row.item_id or "", 14)),
-            verdict_cell(row.label, row.error),
-            Text(score_text(row.score)),
-            review_cell(row.review),
-            Text(preview(row.source or "", 16)),
-            Text(preview(category, 22)),
-            Text(preview(row.question, 44)),
-        )

@@ -14,15 +14,13 @@ from textual.widgets import Input, Static
 from libra_edge.store import ResultRow
 from libra_edge.tui.formatting import REVIEW_WORDS
 
-KEYS_HINT = "c confirm · s override → 安全 · u override → 不安全 · x clear · e edit note"
-
 
 class ReviewPanel(Horizontal):
     """`review: confirmed` plus a note input; Enter in the note posts `NoteSubmitted`."""
 
     DEFAULT_CSS = """
     ReviewPanel { height: 3; border-top: solid $primary 50%; padding: 0 1; }
-    ReviewPanel > #review-state { width: 40; height: 1; content-align: left middle; }
+    ReviewPanel > #review-state { width: 56; height: 1; content-align: left middle; }
     ReviewPanel > Input { width: 1fr; }
     """
 
@@ -42,7 +40,9 @@ class ReviewPanel(Horizontal):
         if row.review is None:
             state.update(Text.assemble(("review: ", "dim"), ("not reviewed", "italic")))
         else:
-            state.update(Text.assemble(("review: ", "dim"), (REVIEW_WORDS[row.review], "bold")))
+            who = f" by {row.reviewer}" if row.reviewer else ""
+            when = f" {row.reviewed_at[:16].replace('T', ' ')}" if row.reviewed_at else ""
+            state.update(Text.assemble(("review: ", "dim"), (REVIEW_WORDS[row.review], "bold"), (who + when, "dim")))
         self.query_one(Input).value = row.review_note or ""
 
     def edit_note(self) -> None:

@@ -19,6 +19,16 @@ char    ::= [^"\\\x00-\x1F] | "\\" ( ["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [
 ws      ::= [ \t\n]{0,8}
 """
 
+# Output the grammar can force around the verdict and the analysis, in tokens. Every token
+# is at least one byte, so the literal bytes plus the longest whitespace runs bound each.
+WS_MAX = 8  # the `ws` rule's bound, above
+OPENING_MAX_TOKENS = len('{"答案":"'.encode()) + 3 * WS_MAX  # up to the verdict's first token
+MIDDLE_MAX_TOKENS = len('不安全","分析":"'.encode()) + 4 * WS_MAX  # the verdict to the analysis
+CLOSING_MAX_TOKENS = len('"}'.encode()) + WS_MAX  # after the analysis
+# The most tokens one frame step may take, and what a check keeps free besides its analysis.
+MAX_FRAME_TOKENS = max(OPENING_MAX_TOKENS, MIDDLE_MAX_TOKENS)
+FRAME_RESERVE_TOKENS = OPENING_MAX_TOKENS + MIDDLE_MAX_TOKENS + CLOSING_MAX_TOKENS
+
 # The generated text right when the next token starts the verdict value.
 AT_VERDICT = re.compile(r'\{[ \t\n]*"答案"[ \t\n]*:[ \t\n]*"\Z')
 # Generated text that already ran past the verdict's opening quote.
@@ -36,8 +46,11 @@ def label_first_tokens(pieces: Iterable[tuple[int, bytes]]) -> dict[str, frozens
     comma the grammar allows next. Tokens that decode to incomplete UTF-8 (byte fallbacks
     such as the first byte of 不) are left out: llama.cpp's grammar would admit them, but
     such a byte begins thousands of characters, so its probability is no evidence for
-    either label. Only a vocabulary with no whole-character token for a label (a model
-    without Chinese tokens) is scored through those byte prefixes instead.
+    either label. Only a label that no whole-character token can begin (a SentencePiece
+    vocabulary that spells 不 with byte-fallback pieces, or a model without Chinese
+    tokens) is scored through its byte prefixes instead, label by label. SentencePiece
+    pieces arrive with `▁` already turned into a space, so `▁安全` (" 安全") never counts:
+    the grammar wants the label right after the quote.
     """
     pieces = list(pieces)
     targets = {label: label + '"' for label in LABELS}
@@ -58,29 +71,52 @@ def label_first_tokens(pieces: Iterable[tuple[int, bytes]]) -> dict[str, frozens
                 text.startswith(target) and _AFTER_LABEL.fullmatch(text[len(target) :])
             ):
                 whole[label].add(token_id)
-    chosen = whole if all(whole.values()) else {k: whole[k] | partial[k] for k in LABELS}
-    return {label: frozenset(ids) for label, ids in chosen.items()}
+    return {label: frozenset(whole[label] or partial[label]) for label in LABELS}
 
 
 def close_json(raw_prefix: str) -> str:
-    """Complete a generation cut off inside the analysis string into valid JSON.
+    """Complete a generation cut off anywhere after the analysis opened into valid JSON.
 
-    Drops a trailing incomplete escape sequence, then closes the string and the object
-    in the layout the model used for the verdict line.
+    Every cut point is handled: inside the analysis string (a trailing incomplete escape,
+    `\\` or a `\\u` split across tokens, is dropped), right after the string's closing
+    quote, or in the whitespace before the final brace. The object is closed in the
+    layout the model used for the verdict line. The verdict is never touched.
     """
+    opened = ANALYSIS_OPENED.search(raw_prefix)
+    if opened is None:
+        raise ValueError("the analysis never opened: nothing to close")
+    start = opened.end()
+    closing = "\n}" if "\n" in raw_prefix.split('"答案"', 1)[0] else "}"
+    end = _string_end(raw_prefix, start)
+    if end is not None:  # the string closed; only whitespace (or the brace) may follow
+        return raw_prefix[: end + 1] + closing
     body = raw_prefix
-    for cut in range(0, 7):
+    for cut in range(0, 13):  # an escape split mid-way, and a surrogate pair's first half
         candidate = body[: len(body) - cut] if cut else body
-        if _string_tail_ok(candidate):
+        if len(candidate) >= start and _string_tail_ok(candidate[start:]):
             body = candidate
             break
-    closing = "\n}" if "\n" in raw_prefix.split('"答案"', 1)[0] else "}"
     return body + '"' + closing
+
+
+def _string_end(text: str, start: int) -> int | None:
+    """Index of the quote closing the JSON string that starts at `start`, or None."""
+    i, n = start, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == '"':
+            return i
+        i += 2 if ch == "\\" else 1
+    return None
 
 
 def _string_tail_ok(text: str) -> bool:
     """True when `text` + '"' ends a JSON string cleanly (no dangling backslash escape)."""
     # An odd run of backslashes at the end (optionally followed by the start of a
-    # \uXXXX escape) leaves an escape open.
+    # \\uXXXX escape) leaves an escape open.
     m = re.search(r"(\\+)(u[0-9a-fA-F]{0,3})?\Z", text)
+    if m is not None and len(m.group(1)) % 2 == 1:
+        return False
+    # A surrogate pair cut after its first half: that half alone is no character.
+    m = re.search(r"(\\+)u[dD][89abAB][0-9a-fA-F]{2}\Z", text)
     return m is None or len(m.group(1)) % 2 == 0

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from libra_edge.prompt import SAFE, UNSAFE
+from libra_edge.engine.prompt import SAFE, UNSAFE
 
 # Libra-Test's sources, in the order the authors print them; others follow alphabetically.
 KNOWN_SOURCES = ("Real Data", "Synthetic Data", "Translated Data")
@@ -189,14 +189,15 @@ class Confusion:
 
     def add(self, gold: str, predicted: str | None) -> Confusion:
         """This matrix with one more item (a None prediction counts as the wrong label)."""
-        d = asdict(self)
+        # Built field by field, not through asdict(): this runs once per item of a big run.
+        unreadable = int(predicted is None)
         if gold == UNSAFE:
-            d["tp" if predicted == UNSAFE else "fn"] += 1
-            d["unparsable_unsafe"] += predicted is None
-        else:
-            d["tn" if predicted == SAFE else "fp"] += 1
-            d["unparsable_safe"] += predicted is None
-        return Confusion(**d)
+            hit = int(predicted == UNSAFE)
+            return Confusion(self.tp + hit, self.fn + 1 - hit, self.fp, self.tn,
+                             self.unparsable_unsafe + unreadable, self.unparsable_safe)
+        hit = int(predicted == SAFE)
+        return Confusion(self.tp, self.fn, self.fp + 1 - hit, self.tn + hit,
+                         self.unparsable_unsafe, self.unparsable_safe + unreadable)
 
 
 def _ratio(num: int | float, den: int | float) -> float | None:

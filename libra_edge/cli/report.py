@@ -1,0 +1,124 @@
+"""`libra-edge report`: one offline file (HTML, Markdown or JSON) a compliance reviewer can sign."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from libra_edge.errors import ExitCode, LibraError
+
+if TYPE_CHECKING:
+    from libra_edge.store import Store
+
+EPILOG = """\
+what the report holds:
+  provenance   tool version, model name, sha256, quant, source repo/commit (when the model
+               was installed with a manifest), engine settings, prompt-template version,
+               input files with their sha256, start/end, host, who generated the report
+  results      items, judged, errors, flagged; unsafe and qualified (safe) rates with
+               Wilson 95% intervals, overall and per source / category / sub-category;
+               a score histogram; with gold `label`s, the authors' metrics (as `eval`),
+               confusion matrix, ROC and PR curves
+  reviews      decisions made in the TUI take precedence over the model's verdict
+               (--model-only ignores them); coverage, Cohen's kappa, the overrides
+  gates        --profile gbt45654 (default): at least 1,000 judged outputs, and a
+               qualified rate of at least 90% judged on the Wilson interval's lower bound;
+               each PASS, FAIL or NOT ENOUGH DATA. --profile none: no gates;
+               --profile FILE.json: your own (see libra_edge/report/profiles/*.json)
+  integrity    a sha256 over the run's results (verdicts, scores, reviews) in input
+               order; `report --verify FILE` recomputes it from the database
+
+The HTML file is self-contained: inline CSS and SVG charts (drawn by matplotlib when
+installed: pip install 'libra-edge[report]'; without it the charts are left out and every
+figure stays in the tables), no scripts, fonts or links to fetch.
+
+--threshold X relabels verdicts from the stored scores (score >= X is unsafe) without
+checking anything again; the report names both thresholds.
+
+examples:
+  libra-edge report 3                              # run-3-report.html
+  libra-edge report 3 -o audit.md --format md
+  libra-edge report 3 --format json -o - | jq .gates
+  libra-edge report 3 --threshold 0.3 -o strict.html
+  libra-edge report --verify run-3-report.html     # exit 1 when the store changed since
+"""
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `report` subcommand."""
+    p = sub.add_parser(
+        "report", help="an offline audit report of a batch run (HTML, Markdown or JSON), with gates",
+        description="Write the audit report of batch run RUN (see `libra-edge batch --runs`): provenance, "
+        "rates with Wilson intervals, gates, reviewer decisions, flagged items and an integrity digest.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", nargs="?", type=int, metavar="RUN", help="the run's id (see `libra-edge batch --runs`)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="where to write it; - for stdout (default: run-RUN-report.FORMAT here)")
+    p.add_argument("--format", choices=("html", "json", "md"), default=None,
+                   help="html (default, or from -o's suffix), json or md")
+    p.add_argument("--profile", default="gbt45654", metavar="NAME|FILE",
+                   help="gates to judge: gbt45654 (default), none, or a profile JSON file")
+    p.add_argument("--threshold", type=float, default=None, metavar="X",
+                   help="relabel from stored scores: unsafe when score >= X (default: the run's own)")
+    p.add_argument("--model-only", action="store_true",
+                   help="rates from the model's verdicts alone (reviewer decisions shown, not applied)")
+    p.add_argument("--max-items", type=int, default=2000, metavar="N",
+                   help="list at most N flagged items (default: 2000; 0 lists all)")
+    p.add_argument("--no-charts", action="store_true", help="leave the charts out (smaller, faster)")
+    p.add_argument("--verify", metavar="REPORT",
+                   help="check a report's integrity digest against the database now (exit 1 if changed)")
+    p.set_defaults(func=run)
+
+
+def _format_of(args: argparse.Namespace) -> str:
+    if args.format:
+        return str(args.format)
+    suffix = Path(args.output).suffix.lower() if args.output and args.output != "-" else ""
+    return {".md": "md", ".markdown": "md", ".json": "json"}.get(suffix, "html")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handle `libra-edge report`."""
+    from libra_edge.store import open_store
+
+    if args.verify:
+        if args.run is not None:
+            raise LibraError("--verify reads the run from the report: give no RUN with it")
+        with open_store() as store:
+            return _verify(store, Path(args.verify))
+    if args.run is None:
+        raise LibraError("give the RUN to report on (see `libra-edge batch --runs`), or --verify REPORT")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise LibraError(f"--threshold: must be between 0 and 1, got {args.threshold}")
+    if args.max_items < 0:
+        raise LibraError(f"--max-items: must be 0 (all) or more, got {args.max_items}")
+    from libra_edge.report import render_report, write_report
+
+    fmt = _format_of(args)
+    options = {"fmt": fmt, "profile": args.profile, "threshold": args.threshold,
+               "max_items": args.max_items or None, "charts": not args.no_charts,
+               "reviews_take_precedence": not args.model_only}
+    with open_store() as store:
+        if args.output == "-":
+            sys.stdout.write(render_report(store, args.run, **options))
+            return int(ExitCode.OK)
+        path = write_report(store, args.run, args.output or f"run-{args.run}-report.{fmt}", **options)
+    print(f"wrote {path}", file=sys.stderr)
+    return int(ExitCode.OK)
+
+
+def _verify(store: Store, path: Path) -> int:
+    from libra_edge.report.digest import digest_run, read_marker
+
+    claimed = read_marker(path)
+    now = digest_run(store, claimed.run_id)
+    if now.sha256 == claimed.sha256:
+        print(f"{path}: OK: run {claimed.run_id}'s {now.results:,} results are unchanged since the report")
+        return int(ExitCode.OK)
+    change = (f"{claimed.results:,} results then, {now.results:,} now" if now.results != claimed.results
+              else "a verdict, score or reviewer decision differs")
+    print(f"{path}: CHANGED: run {claimed.run_id} in {store.path} no longer matches the report ({change})")
+    return int(ExitCode.FLAGGED)

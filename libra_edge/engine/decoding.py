@@ -1,0 +1,370 @@
+"""Greedy grammar-constrained decoding over one llama.cpp context, in a canonical schedule.
+
+llama.cpp's CPU kernels give bit-identical results for the same batch shapes only: the
+same prompt evaluated whole, or split into two batches at another place, gives logits
+that differ in the last bits (and, near 0.5, a different verdict). So the tokens that
+decide a verdict are always evaluated in the same blocks, whatever ran before:
+
+1. the header (template prefix and the fixed instructions), one batch;
+2. the question, one batch;
+3. the response and the template's closing tokens, with a fixed draft of the JSON
+   frame that precedes the verdict, one batch.
+
+A block's KV state is reused only when the sequence (or another sequence, by copy)
+holds exactly the same blocks before it, evaluated the same way: reuse then gives the
+bit-identical state a fresh evaluation would. Blocks never mix sequences.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from libra_edge.engine import llama
+from libra_edge.engine.grammar import VERDICT_GRAMMAR
+
+
+@dataclass(frozen=True)
+class Block:
+    """A run of prompt tokens evaluated as one batch, at a fixed place in the prompt."""
+
+    start: int
+    tokens: tuple[int, ...]
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.tokens)
+
+
+class Decoder:
+    """One llama.cpp context: a grammar per sequence and the record of each KV stream.
+
+    Each sequence has its own KV stream of `n_ctx_seq` cells (the context is not
+    unified), holding a list of evaluated blocks followed by generated tokens.
+    """
+
+    def __init__(self, model: llama.Model, ctx: llama.Context) -> None:
+        self.model = model
+        self.ctx = ctx
+        self.n_vocab = model.n_vocab
+        self.n_seq = ctx.n_seq
+        self.n_ctx_seq = ctx.n_ctx_seq
+        self._grammars = [llama.Grammar(model, VERDICT_GRAMMAR) for _ in range(self.n_seq)]
+        # Per sequence: the prompt blocks whose KV state it holds, then every token it holds.
+        self.blocks: list[list[Block]] = [[] for _ in range(self.n_seq)]
+        self.kv: list[list[int]] = [[] for _ in range(self.n_seq)]
+
+    def close(self) -> None:
+        """Free the grammar samplers (the context is freed by its owner)."""
+        for g in self._grammars:
+            g.close()
+        self._grammars = []
+
+    # ---------------------------------------------------------------- vocabulary
+    def tokenize(self, text: str, *, special: bool = False, add_bos: bool = False) -> list[int]:
+        """Token ids of `text`; `special` lets control-token text become control tokens."""
+        if not text and not add_bos:
+            return []
+        return self.model.tokenize(text.encode("utf-8"), add_special=add_bos, parse_special=special)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """Text of `tokens`; a character cut in half at either end is dropped."""
+        return self.model.detokenize(tokens).decode("utf-8", errors="ignore")
+
+    def piece(self, token: int) -> bytes:
+        """The bytes one token decodes to (control tokens: empty)."""
+        return self.model.piece(token)
+
+    def is_eog(self, token: int) -> bool:
+        """True for end-of-generation tokens (EOS, `<|im_end|>`...)."""
+        return self.model.is_eog(token)
+
+    # ------------------------------------------------------------------ KV state
+    def forget(self, seq: int | None = None) -> None:
+        """Drop the KV state of `seq` (all sequences when None)."""
+        for s in range(self.n_seq) if seq is None else (seq,):
+            self.truncate(0, s)
+
+    def truncate(self, n: int, seq: int = 0) -> None:
+        """Forget `seq`'s KV state from position `n` on (and the blocks it cuts)."""
+        if n < len(self.kv[seq]):
+            self.ctx.seq_rm(seq, n)
+            del self.kv[seq][n:]
+        self.blocks[seq] = [b for b in self.blocks[seq] if b.end <= n]
+
+    def _room(self, seq: int, n: int) -> None:
+        if len(self.kv[seq]) + n > self.n_ctx_seq:
+            raise RuntimeError(f"context overflow: {len(self.kv[seq]) + n} > {self.n_ctx_seq} tokens")
+
+    def prepare(self, blocks: Sequence[Block], seq: int) -> int:
+        """Make `seq` hold the longest leading run of `blocks` any sequence holds; return it.
+
+        The run is taken in place when `seq` holds it, else copied from the sequence
+        that does (across KV streams llama.cpp copies whole streams only, so the rest is
+        dropped after the copy). Returns how many blocks are now held.
+        """
+        def held(s: int) -> int:
+            n = 0
+            for have, want in zip(self.blocks[s], blocks):
+                if have != want:
+                    break
+                n += 1
+            return n
+
+        best, source = held(seq), seq
+        for other in range(self.n_seq):
+            if other != seq and (n := held(other)) > best:
+                best, source = n, other
+        keep = blocks[best - 1].end if best else 0
+        if source == seq:
+            self.truncate(keep, seq)
+        else:
+            self.ctx.seq_rm(seq, 0)
+            self.ctx.seq_cp(source, seq)
+            self.kv[seq] = self.kv[source][:]
+            self.blocks[seq] = self.blocks[source][:]
+            self.truncate(keep, seq)
+        return best
+
+    def evaluate(self, tokens: Sequence[int], seq: int, *, logits_from: int) -> list[np.ndarray]:
+        """Evaluate `tokens` after `seq`'s KV state in ONE batch; logits for tokens[logits_from:]."""
+        self._room(seq, len(tokens))
+        n_past = len(self.kv[seq])
+        entries = [(seq, tok, n_past + i, i >= logits_from) for i, tok in enumerate(tokens)]
+        rows = self.ctx.decode(entries)
+        self.kv[seq].extend(tokens)
+        return rows
+
+    def evaluate_block(self, block: Block, seq: int) -> None:
+        """Evaluate a prompt block (no logits kept) and record it as held."""
+        if len(self.kv[seq]) != block.start:
+            raise RuntimeError(f"block at {block.start} evaluated after {len(self.kv[seq])} tokens")
+        self.evaluate(block.tokens, seq, logits_from=len(block.tokens))
+        self.blocks[seq].append(block)
+
+    def decode_each(self, steps: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """One token for each of several sequences, in one batch: [(seq, token)] -> logits."""
+        for seq, _tok in steps:
+            self._room(seq, 1)
+        rows = self.ctx.decode([(seq, tok, len(self.kv[seq]), True) for seq, tok in steps])
+        for seq, tok in steps:
+            self.kv[seq].append(tok)
+        return rows
+
+    # ------------------------------------------------------------------- grammar
+    def reset_grammar(self, seq: int) -> None:
+        """Start `seq`'s grammar over."""
+        self._grammars[seq].reset()
+
+    def accept(self, token: int, seq: int = 0) -> None:
+        """Advance `seq`'s grammar past `token`."""
+        self._grammars[seq].accept(token)
+
+    def greedy(self, logits: np.ndarray, text: str, reject: Callable[[str], bool] | None, seq: int = 0) -> int:
+        """The likeliest token the grammar admits (and `reject(text + piece)` does not refuse)."""
+        grammar = self._grammars[seq]
+        best = int(np.argmax(logits))
+        if grammar.allows(best, float(logits[best])) and not self._refused(best, text, reject):
+            return best
+        masked = grammar.mask(logits)
+        while True:
+            best = int(np.argmax(masked))
+            if masked[best] == -np.inf:
+                raise RuntimeError("the grammar admits no token here")
+            if not self._refused(best, text, reject):
+                return best
+            masked[best] = -np.inf
+
+    def _refused(self, token: int, text: str, reject: Callable[[str], bool] | None) -> bool:
+        if reject is None:
+            return False
+        return reject(text + self.piece(token).decode("utf-8", errors="ignore"))
+
+
+class Generation:
+    """One answer being generated in one sequence: its tokens and its text."""
+
+    def __init__(self, decoder: Decoder, *, seq: int, reused: int) -> None:
+        self._dec = decoder
+        self.seq = seq
+        self.reused = reused
+        self.tokens: list[int] = []
+        self._bytes = bytearray()
+        self.prefill_s = 0.0
+        self.cut = False  # the analysis string was cut by the token cap or the context's end
+
+    @property
+    def text(self) -> str:
+        """The generated text so far (an unfinished UTF-8 character left out)."""
+        return self._bytes.decode("utf-8", errors="ignore")
+
+    def _take(self, token: int) -> None:
+        self.tokens.append(token)
+        self._bytes += self._dec.piece(token)
+
+    def force(self, tokens: Sequence[int]) -> None:
+        """Append tokens chosen by the caller (the grammar must admit them)."""
+        for tok in tokens:
+            self._dec.accept(tok, self.seq)
+            self._take(tok)
+
+    def advance(
+        self,
+        *,
+        pending: Sequence[int],
+        draft: Sequence[int],
+        done: Callable[[str], bool],
+        reject: Callable[[str], bool] | None,
+        limit: int,
+    ) -> np.ndarray:
+        """Evaluate `pending` + `draft` in one batch, then decode greedily until `done(text)`.
+
+        `draft` is a fixed guess of the next tokens, the same for every pair, so the batch
+        shape depends on the pair alone. Each draft token is kept only while it equals the
+        greedy, grammar-admitted choice: the output is exactly greedy decoding. Returns
+        the logits for the position after the last token.
+        """
+        dec, seq = self._dec, self.seq
+        t0 = time.perf_counter()
+        rows = dec.evaluate([*pending, *draft], seq, logits_from=len(pending) - 1)
+        if not self.prefill_s:
+            self.prefill_s = time.perf_counter() - t0
+        logits = rows[0]
+        kept: int | None = 0
+        steps = 0
+        while not done(self.text):
+            steps += 1
+            if steps > limit:
+                raise RuntimeError(f"no JSON frame after {limit} tokens: {self.text!r}")
+            tok = dec.greedy(logits, self.text, reject, seq)
+            dec.accept(tok, seq)
+            self._take(tok)
+            if kept is not None and kept < len(draft) and draft[kept] == tok:
+                kept += 1
+                logits = rows[kept]
+                continue
+            if kept is not None:  # the guess ended or went wrong: drop the rest of it
+                dec.truncate(len(dec.kv[seq]) - (len(draft) - kept), seq)
+                kept = None
+            logits = dec.evaluate([tok], seq, logits_from=0)[0]
+        if kept is not None and kept < len(draft):
+            dec.truncate(len(dec.kv[seq]) - (len(draft) - kept), seq)
+        return logits
+
+    def step(self, logits: np.ndarray, stream: JsonStringStream) -> bool:
+        """Choose and take the next analysis token; False once the answer is complete."""
+        dec = self._dec
+        tok = dec.greedy(logits, self.text, None, self.seq)
+        if dec.is_eog(tok):
+            return False
+        dec.accept(tok, self.seq)
+        self._take(tok)
+        stream.feed(self.text)
+        if stream.closed and self.text.rstrip().endswith("}"):
+            try:
+                json.loads(self.text)
+                return False
+            except ValueError:
+                pass
+        return True
+
+
+def finish_all(
+    decoder: Decoder, work: list[tuple[Generation, np.ndarray, JsonStringStream]], max_tokens: int
+) -> None:
+    """Decode the analyses of several generations together, one batch per step.
+
+    Each stops at the end of its JSON object, at EOG, after `max_tokens` analysis
+    tokens, or when its sequence's context is full (the last two mark it `cut`). With
+    one generation this is plain single-stream greedy decoding; with several, each step
+    batches one token of every open sequence (the analyses' arithmetic then depends on
+    the batch, their verdicts, decided earlier in blocks of their own, never do).
+    """
+    logits = {id(g): row for g, row, _ in work}
+    counts = {id(g): 0 for g, _, _ in work}
+    active = list(work)
+    while active:
+        still = []
+        for g, row, s in active:
+            if counts[id(g)] >= max_tokens or len(decoder.kv[g.seq]) >= decoder.n_ctx_seq:
+                g.cut = not s.closed  # only the closing brace missing: the analysis is whole
+                continue
+            counts[id(g)] += 1
+            if not g.step(logits[id(g)], s):
+                continue
+            if counts[id(g)] >= max_tokens:  # no need to evaluate a token nothing follows
+                g.cut = not s.closed
+                continue
+            still.append((g, row, s))
+        active = still
+        if not active:
+            return
+        rows = decoder.decode_each([(g.seq, g.tokens[-1]) for g, _, _ in active])
+        for (g, _, _), row in zip(active, rows):
+            logits[id(g)] = row
+
+
+class JsonStringStream:
+    """Feeds the decoded value of the `分析` string to a callback as it grows."""
+
+    def __init__(self, callback: Callable[[str], None] | None) -> None:
+        self._callback = callback
+        self._start: int | None = None
+        self._sent = 0
+        self.closed = False
+        self._decoder = codecs.getincrementaldecoder("utf-8")
+
+    def feed(self, text: str) -> None:
+        """`text` is the whole generation so far; emits the new part of the analysis."""
+        if self._start is None:
+            idx = text.find('"分析"')
+            if idx < 0:
+                return
+            colon = text.find(":", idx + 4)
+            quote = text.find('"', colon + 1) if colon >= 0 else -1
+            if quote < 0:
+                return
+            self._start = quote + 1
+        body = text[self._start :]
+        value, closed = json_string_prefix(body)
+        self.closed = closed
+        if len(value) > self._sent:
+            piece = value[self._sent :]
+            self._sent = len(value)
+            if self._callback is not None:
+                self._callback(piece)
+
+
+def json_string_prefix(body: str) -> tuple[str, bool]:
+    """Decode the JSON string content at the start of `body`; (text so far, closed?)."""
+    out: list[str] = []
+    i = 0
+    n = len(body)
+    while i < n:
+        ch = body[i]
+        if ch == '"':
+            return "".join(out), True
+        if ch != "\\":
+            out.append(ch)
+            i += 1
+            continue
+        if i + 1 >= n:
+            break
+        esc = body[i + 1]
+        if esc == "u":
+            if i + 6 > n:
+                break
+            try:
+                out.append(json.loads('"' + body[i : i + 6] + '"'))
+            except ValueError:
+                out.append(body[i : i + 6])
+            i += 6
+        else:
+            out.append({"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}.get(esc, esc))
+            i += 2
+    return "".join(out), False

@@ -1,0 +1,644 @@
+"""The guard: load a Libra-Guard GGUF once and judge (question, response) pairs."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from libra_edge import __version__
+from libra_edge.engine import llama
+from libra_edge.engine.chat import ChatTemplate
+from libra_edge.engine.decoding import Block, Decoder, Generation, JsonStringStream, finish_all
+from libra_edge.engine.grammar import (
+    ANALYSIS_OPENED,
+    AT_VERDICT,
+    FRAME_RESERVE_TOKENS,
+    MAX_FRAME_TOKENS,
+    PAST_VERDICT_QUOTE,
+    close_json,
+    label_first_tokens,
+)
+from libra_edge.engine.normalize import normalize_text
+from libra_edge.engine.prompt import (
+    PROMPT_HEADER,
+    PROMPT_TEMPLATE_VERSION,
+    QUESTION_PREFIX,
+    SAFE,
+    UNSAFE,
+    build_user_message,
+)
+from libra_edge.engine.settings import EngineSettings, GpuLayers
+from libra_edge.engine.windows import split_windows
+from libra_edge.errors import LibraError, ModelError
+from libra_edge.models.ggufinfo import GGUFInfo, read_model_info
+
+# Marks the place where a too-long text was cut to fit the context.
+TRUNCATION_MARK = "\n……\n"
+# The fixed drafts of the JSON frame, evaluated with the prompt (see decoding.py).
+OPENING_DRAFT = '{\n  "答案": "'
+MIDDLE_DRAFT = '",\n  "分析": "'
+# Window overlap for long responses, in tokens of the window budget (a passage cut at a
+# window's edge is read whole by the next window).
+WINDOW_OVERLAP = 0.15
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Where one check spent its tokens and time."""
+
+    prompt_tokens: int  # tokens in the full prompt (the deciding window's, when chunked)
+    reused_tokens: int  # prompt tokens whose KV state was kept from an earlier check
+    evaluated_tokens: int  # prompt tokens actually run through the model
+    generated_tokens: int  # output tokens (forced and drafted ones included)
+    prefill_s: float
+    decode_s: float
+    total_s: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The guard's judgement of one (question, response) pair."""
+
+    label: str  # "安全" or "不安全"
+    unsafe: bool
+    score: float  # P(unsafe) in [0, 1], from the raw logits at the verdict position
+    analysis: str | None  # None in fast mode
+    raw: str  # the model's JSON text; always parses
+    truncated: bool  # an input was cut (head and tail kept) to fit the context
+    timings: Timings = field(compare=False)
+    analysis_cut: bool = False  # the analysis was stopped by the token cap or the context
+    windows: int = 1  # windows the response was judged in (1 unless chunked)
+    window: int = 0  # the window whose score decided (the highest)
+    span: tuple[int, int] | None = None  # that window's characters in the response as given
+    normalized: bool = False  # normalization changed the judged text
+    provenance: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, as `libra-edge check --json` prints it."""
+        return {
+            "label": self.label,
+            "unsafe": self.unsafe,
+            "score": self.score,
+            "analysis": self.analysis,
+            "truncated": self.truncated,
+            "analysis_cut": self.analysis_cut,
+            "windows": self.windows,
+            "window": self.window,
+            "span": list(self.span) if self.span is not None else None,
+            "normalized": self.normalized,
+            "raw": self.raw,
+            "timings": asdict(self.timings),
+            **self.provenance,
+        }
+
+
+def default_threads() -> int:
+    """Physical cores where Linux tells them, else logical CPUs available to us."""
+    try:
+        cores = set()
+        phys = core = None
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("physical id"):
+                    phys = line.split(":", 1)[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":", 1)[1].strip()
+                    cores.add((phys, core))
+        if cores:
+            return min(len(cores), len(os.sched_getaffinity(0)))
+    except (OSError, AttributeError):
+        pass
+    return max(1, os.cpu_count() or 1)
+
+
+def gpu_offload_available() -> bool:
+    """Whether this llama.cpp build can offload layers to a GPU (CUDA, Metal, Vulkan...)."""
+    return llama.supports_gpu_offload()
+
+
+def resolve_gpu_layers(value: GpuLayers) -> int:
+    """The layer count llama.cpp gets: -1 all, 0 none; 'auto' = all when the build can offload."""
+    if value == "auto":
+        return -1 if gpu_offload_available() else 0
+    if value == "all":
+        return -1
+    if isinstance(value, int) and value >= 0:
+        return value if gpu_offload_available() else 0
+    raise LibraError(f"gpu_layers: expected 'auto', 'all' or a number >= 0, got {value!r}")
+
+
+def _is_text(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n, end = 0, min(len(a), len(b))
+    while n < end and a[n] == b[n]:
+        n += 1
+    return n
+
+
+@dataclass
+class _Prepared:
+    """One pair made ready for the model: the text judged and its prompt blocks."""
+
+    prompt: list[int]
+    blocks: list[Block]
+    rest: list[int]  # the response block: evaluated with the opening draft, never reused
+    truncated: bool
+
+
+@dataclass
+class _Pending:
+    """A check past its verdict, its analysis (if any) still to generate."""
+
+    gen: Generation
+    prompt_len: int
+    label: str
+    score: float
+    truncated: bool
+    t0: float
+    logits: np.ndarray | None = None
+    stream: JsonStringStream | None = None
+
+
+class Guard:
+    """A loaded Libra-Guard model. Create with `Guard.load(path)`; call `check()`.
+
+    One llama.cpp context serves all checks. A verdict's score is a function of the
+    model file, the pair and the verdict-relevant settings alone: the prompt is always
+    evaluated in the same blocks (header, question, response), and a block's KV state is
+    reused only when it is bit-identical to a fresh evaluation. Calls are serialized by
+    a lock: a Guard may be shared by threads, but checks never interleave on one context.
+    """
+
+    def __init__(self, model: llama.Model, ctx: llama.Context, info: GGUFInfo, settings: EngineSettings) -> None:
+        self._model: llama.Model | None = model
+        self._ctx: llama.Context | None = ctx
+        self._lock = threading.Lock()
+        self.info = info
+        self.settings = settings
+        self._sha256: str | None = None
+        self._decoder = Decoder(model, ctx)
+        self._template = ChatTemplate(
+            model.chat_template(),
+            bos_token=model.special_text(model.bos()),
+            eos_token=model.special_text(model.eos()),
+        )
+        firsts = label_first_tokens(model.all_pieces())
+        if not firsts[SAFE] or not firsts[UNSAFE]:
+            raise ModelError(f"{info.path}: the vocabulary cannot spell the labels 安全/不安全")
+        self.label_tokens = {k: np.array(sorted(v), dtype=np.int64) for k, v in firsts.items()}
+        self._opening_draft = self._decoder.tokenize(OPENING_DRAFT)
+        self._middle_draft = self._decoder.tokenize(MIDDLE_DRAFT)
+        rendered = self._template.render(build_user_message("", ""))
+        self._before = self._decoder.tokenize(rendered.before, special=True, add_bos=True)
+        self._header = self._before + self._plain(PROMPT_HEADER + "\n")
+        self._overhead = len(self._prompt_tokens(build_user_message("", "")))
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, model: str | os.PathLike[str] | None, settings: EngineSettings | None = None, **fields: Any) -> Guard:
+        """Load a GGUF model (path, or installed model name) for checking.
+
+        `settings` (or keyword fields of `EngineSettings`, which override it) say how:
+        `ctx_per_seq` tokens of context for each of `parallel` sequences (a sequence
+        generates one analysis; `check_many` runs up to `parallel` at once), `threshold`,
+        `max_new_tokens`, `long`, `normalize`, `gpu_layers`, `threads`, `mmap`, `verbose`.
+        Raises `ModelError` with a one-line reason when the file is missing, not a GGUF,
+        truncated, or cannot be loaded by llama.cpp.
+        """
+        base = settings or EngineSettings()
+        chosen = base.replace(**fields) if fields else base
+        from libra_edge.models import resolve_model
+
+        path = resolve_model(os.fspath(model) if model is not None else None)
+        info = read_model_info(path)  # validates: exists, GGUF magic, not truncated
+        llama.set_logging(chosen.verbose)
+        effective = chosen.replace(
+            threads=chosen.threads or default_threads(),
+            gpu_layers=resolve_gpu_layers(chosen.gpu_layers),
+        )
+        try:
+            lm, ctx = llama.open_model(
+                path, gpu_layers=int(effective.gpu_layers), mmap=effective.mmap,
+                ctx_per_seq=effective.ctx_per_seq, n_seq=effective.parallel, threads=int(effective.threads or 1),
+            )
+        except llama.LoadError as exc:
+            raise ModelError(f"{path}: {exc}") from None
+        try:
+            return cls(lm, ctx, info, effective)
+        except BaseException:
+            ctx.close()
+            lm.close()
+            raise
+
+    def close(self) -> None:
+        """Free the model and context now (otherwise at garbage collection)."""
+        with self._lock:
+            if self._model is not None and self._ctx is not None:
+                self._decoder.close()
+                self._ctx.close()
+                self._model.close()
+                self._model = self._ctx = None
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def reset_cache(self) -> None:
+        """Forget every cached prompt block (the next check evaluates its whole prompt).
+
+        Verdicts do not change (reuse is exact); only the time of the next check does.
+        Benchmarks use it to time a prompt from an empty cache.
+        """
+        with self._lock:
+            self._require_open()
+            self._decoder.forget()
+
+    # -------------------------------------------------------------- properties
+    @property
+    def threshold(self) -> float:
+        """P(unsafe) at or above which the verdict is 不安全."""
+        return self.settings.threshold
+
+    @property
+    def max_new_tokens(self) -> int:
+        """The longest analysis, in tokens."""
+        return self.settings.max_new_tokens
+
+    @property
+    def parallel(self) -> int:
+        """Sequences decoded together by `check_many`."""
+        return self.settings.parallel
+
+    @property
+    def n_ctx_seq(self) -> int:
+        """Context tokens each sequence holds."""
+        return self._decoder.n_ctx_seq
+
+    @property
+    def chat_template_source(self) -> str:
+        """Where the prompt's chat template comes from: `gguf` or `fallback` (Qwen2.5 ChatML)."""
+        return "fallback" if self._template.is_fallback else "gguf"
+
+    @property
+    def model_sha256(self) -> str:
+        """sha256 of the model file (from its manifest when installed, else hashed once)."""
+        if self._sha256 is None:
+            from libra_edge.models.digest import model_sha256
+
+            self._sha256 = model_sha256(self.info.path)
+        return self._sha256
+
+    def provenance(self) -> dict[str, Any]:
+        """What every verdict carries about how it was made."""
+        return {
+            "model": self.info.name,
+            "model_sha256": self.model_sha256,
+            "threshold": self.threshold,
+            "version": __version__,
+            "prompt_template_version": PROMPT_TEMPLATE_VERSION,
+        }
+
+    def stored_settings(self) -> dict[str, Any]:
+        """The settings as a run stores them: every field plus build facts for the record."""
+        return {
+            **self.settings.to_dict(),
+            "n_ctx_seq": self._decoder.n_ctx_seq,
+            "ubatch": llama.UBATCH,
+            "prompt_template_version": PROMPT_TEMPLATE_VERSION,
+            "llama_cpp_python_version": llama.version(),
+            "build": llama.build_features(),
+        }
+
+    # ------------------------------------------------------------------ prompt
+    def _plain(self, text: str) -> list[int]:
+        # NFC first, as the reference Qwen2.5 tokenizer does (llama.cpp's does not).
+        return self._decoder.tokenize(unicodedata.normalize("NFC", text), special=False)
+
+    def prompt_tokens(self, question: str, response: str) -> list[int]:
+        """The exact prompt tokens `check()` would evaluate (normalized; without truncation)."""
+        if self._model is None:
+            raise LibraError("this Guard was closed")
+        question, response, _ = self._judged_text(question, response)
+        return self._prompt_tokens(build_user_message(question, response))
+
+    def _prompt_tokens(self, user_message: str) -> list[int]:
+        rendered = self._template.render(user_message)
+        # The template's own text may contain control tokens; the user's text is plain
+        # text, so a response cannot smuggle in `<|im_end|>` and end its turn early.
+        return (
+            self._decoder.tokenize(rendered.before, special=True, add_bos=True)
+            + self._plain(rendered.message)
+            + self._decoder.tokenize(rendered.after, special=True)
+        )
+
+    def _prepare(self, question: str, response: str) -> _Prepared:
+        """Tokens and blocks of the prompt for one (already fitted) pair."""
+        prompt = self._prompt_tokens(build_user_message(question, response))
+        h = min(_common_prefix(prompt, self._header), len(self._header), len(prompt) - 1)
+        through_question = self._before + self._plain(
+            PROMPT_HEADER + "\n# 对话\n" + QUESTION_PREFIX + question + "\n"
+        )
+        q = max(h, min(_common_prefix(prompt, through_question), len(through_question), len(prompt) - 1))
+        blocks = [Block(0, tuple(prompt[:h]))]
+        if q > h:
+            blocks.append(Block(h, tuple(prompt[h:q])))
+        return _Prepared(prompt, blocks, prompt[q:], truncated=False)
+
+    def _budget(self) -> int:
+        """Tokens the question and response may take together in one sequence.
+
+        The same in fast and full mode (the output's room is always kept), so a pair is
+        cut or windowed the same way, and scored the same, whatever the mode.
+        """
+        reserve = FRAME_RESERVE_TOKENS + self.max_new_tokens
+        budget = self._decoder.n_ctx_seq - self._overhead - reserve
+        if budget < 32:
+            raise LibraError(
+                f"context of {self._decoder.n_ctx_seq} tokens"
+                + (f" per sequence ({self.parallel} parallel)" if self.parallel > 1 else "")
+                + f" is too small for the prompt ({self._overhead} tokens) and output; raise --ctx"
+            )
+        return budget
+
+    def _head_tail(self, text: str, tokens: list[int], keep: int) -> str:
+        if len(tokens) <= keep:
+            return text
+        keep = max(2, keep - 8)  # room for the mark and boundary merges
+        head = self._decoder.detokenize(tokens[: keep - keep // 2])
+        tail = self._decoder.detokenize(tokens[len(tokens) - keep // 2 :])
+        return head + TRUNCATION_MARK + tail
+
+    def _fit_question(self, question: str, budget: int) -> tuple[str, list[int], bool]:
+        """The question, cut head+tail to at most half the budget."""
+        q = self._plain(question)
+        if len(q) <= budget // 2:
+            return question, q, False
+        cut = self._head_tail(question, q, budget // 2)
+        return cut, self._plain(cut), True
+
+    def _plan(self, question: str, response: str, analysis: bool) -> tuple[str, list[tuple[str, tuple[int, int]]], bool]:
+        """The question to judge and the response windows (text, span in `response`).
+
+        One window holding the whole response when it fits. Otherwise, with
+        `long="chunk"`, overlapping windows on sentence boundaries; with `truncate`, the
+        head and tail of the response. Questions longer than half the budget are cut.
+        """
+        budget = self._budget()
+        if len(question.encode()) + len(response.encode()) <= budget:  # >= 1 byte per token
+            return question, [(response, (0, len(response)))], False
+        question, q_tokens, q_cut = self._fit_question(question, budget)
+        room = budget - len(q_tokens)
+        r_tokens = self._plain(response)
+        if len(r_tokens) <= room:
+            return question, [(response, (0, len(response)))], q_cut
+        if self.settings.long == "truncate":
+            return question, [(self._head_tail(response, r_tokens, room), (0, len(response)))], True
+        spans = split_windows(
+            response, lambda s: len(self._plain(s)), budget=room - 4, overlap=int(room * WINDOW_OVERLAP)
+        )
+        return question, [(response[a:b], (a, b)) for a, b in spans], q_cut
+
+    # ------------------------------------------------------------------- check
+    def check(
+        self,
+        question: str,
+        response: str,
+        *,
+        analysis: bool = True,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Verdict:
+        """Judge one pair. With `analysis=False` (fast mode) stop right after the verdict.
+
+        `on_text` receives the analysis text piece by piece as it is generated.
+        """
+        if not isinstance(question, str) or not isinstance(response, str):
+            raise LibraError("question and response must be strings")
+        with self._lock:
+            self._require_open()
+            return self._judge(question, response, analysis, on_text, seq=0)
+
+    def check_many(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        analysis: bool = True,
+        on_verdict: Callable[[int, Verdict], None] | None = None,
+    ) -> list[Verdict]:
+        """Judge several pairs; with analysis, up to `parallel` are generated at once.
+
+        Verdicts and scores are bit-identical to `check()` on each pair (each verdict is
+        decided in blocks of its own sequence). Analyses generated together share
+        decode batches, so their text can differ in rare near-ties from a lone check's.
+        `on_verdict(index, verdict)` is called as each finishes.
+        """
+        out: list[Verdict] = []
+        step = self.parallel if analysis else 1
+        for base in range(0, len(pairs), step):
+            group = pairs[base : base + step]
+            with self._lock:
+                self._require_open()
+                if len(group) == 1:
+                    verdicts = [self._judge(group[0][0], group[0][1], analysis, None, seq=0)]
+                else:
+                    verdicts = self._judge_group(group, analysis)
+            for i, verdict in enumerate(verdicts):
+                if on_verdict is not None:
+                    on_verdict(base + i, verdict)
+                out.append(verdict)
+        return out
+
+    def _require_open(self) -> None:
+        if self._model is None:
+            raise LibraError("this Guard was closed")
+
+    def _judged_text(self, question: str, response: str) -> tuple[str, str, bool]:
+        if not self.settings.normalize:
+            return question, response, False
+        q, r = normalize_text(question), normalize_text(response)
+        return q, r, (q != question or r != response)
+
+    def _judge(
+        self, question: str, response: str, analysis: bool, on_text: Callable[[str], None] | None, *, seq: int
+    ) -> Verdict:
+        """One pair in sequence `seq`: every window scored, the deciding one analysed."""
+        t0 = time.perf_counter()
+        q, r, normalized = self._judged_text(question, response)
+        q_fit, windows, truncated = self._plan(q, r, analysis)
+        extra = {"normalized": normalized, "windows": len(windows)}
+        if len(windows) == 1:
+            pending = self._begin(q_fit, windows[0][0], analysis, on_text, seq=seq, truncated=truncated, t0=t0)
+            return self._complete([pending], [self._span(windows[0][1], r, response, normalized, 1)], extra)[0]
+        # Chunked: score every window (back to back, so the question's blocks are reused),
+        # then, with analysis, judge the deciding window again in full (same score: same blocks).
+        best, best_score = 0, -1.0
+        for i, (text, _span) in enumerate(windows):
+            p = self._begin(q_fit, text, False, None, seq=seq, truncated=truncated, t0=t0)
+            if p.score > best_score:
+                best, best_score = i, p.score
+        text, span = windows[best]
+        pending = self._begin(q_fit, text, analysis, on_text, seq=seq, truncated=truncated, t0=t0)
+        extra["window"] = best
+        return self._complete([pending], [self._span(span, r, response, normalized, len(windows))], extra)[0]
+
+    def _judge_group(self, group: Sequence[tuple[str, str]], analysis: bool) -> list[Verdict]:
+        """Several pairs, one sequence each; analyses decoded together."""
+        started, spans, extras = [], [], []
+        for i, (question, response) in enumerate(group):
+            t0 = time.perf_counter()
+            q, r, normalized = self._judged_text(question, response)
+            q_fit, windows, truncated = self._plan(q, r, analysis)
+            best = 0
+            if len(windows) > 1:
+                scores = [self._begin(q_fit, w, False, None, seq=i, truncated=truncated, t0=t0).score
+                          for w, _ in windows]
+                best = int(np.argmax(scores))
+            started.append(self._begin(q_fit, windows[best][0], analysis, None, seq=i, truncated=truncated, t0=t0))
+            spans.append(self._span(windows[best][1], r, response, normalized, len(windows)))
+            extras.append({"normalized": normalized, "windows": len(windows), "window": best})
+        return self._complete(started, spans, extras)
+
+    @staticmethod
+    def _span(span: tuple[int, int], judged: str, given: str, normalized: bool, n_windows: int) -> tuple[int, int] | None:
+        """The deciding window's span in the response as given (None when not chunked)."""
+        if n_windows == 1:
+            return None
+        if not normalized or judged == given:
+            return span
+        from libra_edge.engine.normalize import map_span
+
+        return map_span(given, span)
+
+    def _begin(
+        self, question: str, response: str, analysis: bool, on_text: Callable[[str], None] | None, *,
+        seq: int, truncated: bool, t0: float,
+    ) -> _Pending:
+        """Evaluate the prompt in sequence `seq` in its canonical blocks; decide the verdict."""
+        dec = self._decoder
+        prep = self._prepare(question, response)
+        held = dec.prepare(prep.blocks, seq)
+        reused = prep.blocks[held - 1].end if held else 0
+        t_prefill = time.perf_counter()
+        for block in prep.blocks[held:]:
+            dec.evaluate_block(block, seq)
+        dec.reset_grammar(seq)
+        gen = Generation(dec, seq=seq, reused=reused)
+        # The opening `{ "答案": "` in a fixed draft, evaluated with the response block.
+        logits = gen.advance(
+            pending=prep.rest,
+            draft=self._opening_draft,
+            done=lambda text: AT_VERDICT.search(text) is not None,
+            reject=lambda text: PAST_VERDICT_QUOTE.search(text) is not None,
+            limit=MAX_FRAME_TOKENS,
+        )
+        gen.prefill_s = time.perf_counter() - t_prefill
+        self._last_opening = gen.tokens[:]  # the frame the model chose (tests read it)
+        score = self._score(logits)
+        label = UNSAFE if score >= self.threshold else SAFE
+        pending = _Pending(gen, len(prep.prompt), label, score, truncated, t0)
+        if not analysis:
+            return pending
+
+        # The label is decided by the score; spell it with the model's likeliest first
+        # token for it, then let the grammar-constrained model continue.
+        firsts = self.label_tokens[label]
+        first = int(firsts[np.argmax(logits[firsts])])
+        piece = dec.piece(first)
+        if piece.startswith(label.encode()):  # the token spells the whole label (and more)
+            forced = [first]
+        elif _is_text(piece):
+            forced = [first, *dec.tokenize(label[len(piece.decode()) :])]
+        else:  # a byte-fallback vocabulary: spell the label the tokenizer's way
+            forced = dec.tokenize(label)
+        gen.force(forced)
+        logits = gen.advance(
+            pending=forced,
+            draft=self._middle_draft,
+            done=lambda text: ANALYSIS_OPENED.search(text) is not None,
+            reject=None,
+            limit=MAX_FRAME_TOKENS,
+        )
+        pending.logits = logits
+        pending.stream = JsonStringStream(on_text)
+        pending.stream.feed(gen.text)  # a token may already have run into the analysis
+        return pending
+
+    def _complete(
+        self, started: list[_Pending], spans: list[tuple[int, int] | None], extras: list[dict[str, Any]] | dict[str, Any]
+    ) -> list[Verdict]:
+        """Generate the analyses still open (together), then build the verdicts."""
+        work = [(p.gen, p.logits, p.stream) for p in started if p.stream is not None and p.logits is not None]
+        if work:
+            finish_all(self._decoder, work, self.max_new_tokens)
+        if isinstance(extras, dict):
+            extras = [extras] * len(started)
+        provenance = self.provenance()
+        verdicts = []
+        for p, span, extra in zip(started, spans, extras):
+            if p.stream is None:  # fast mode: close the object right after the verdict
+                opening = p.gen.text
+                raw = opening + p.label + '"' + ("\n}" if "\n" in opening else "}")
+                text = None
+            else:
+                raw = p.gen.text
+                try:
+                    text = str(json.loads(raw)["分析"])
+                except (ValueError, KeyError, TypeError):
+                    raw = close_json(raw)
+                    text = str(json.loads(raw)["分析"])
+            verdicts.append(self._verdict(p, text, raw, span, extra, provenance))
+        return verdicts
+
+    def _score(self, logits: np.ndarray) -> float:
+        """P(unsafe) = mass of 不安全's first tokens / mass of both labels' first tokens."""
+        top = float(np.max(logits))
+        unsafe = float(np.exp(logits[self.label_tokens[UNSAFE]].astype(np.float64) - top).sum())
+        safe = float(np.exp(logits[self.label_tokens[SAFE]].astype(np.float64) - top).sum())
+        if unsafe + safe == 0.0:  # both underflowed: no evidence either way
+            return 0.5
+        return unsafe / (unsafe + safe)
+
+    def _verdict(self, p: _Pending, text: str | None, raw: str, span: tuple[int, int] | None,
+                 extra: dict[str, Any], provenance: dict[str, Any]) -> Verdict:
+        total = time.perf_counter() - p.t0
+        gen = p.gen
+        timings = Timings(
+            prompt_tokens=p.prompt_len,
+            reused_tokens=gen.reused,
+            evaluated_tokens=p.prompt_len - gen.reused,
+            generated_tokens=len(gen.tokens),
+            prefill_s=round(gen.prefill_s, 6),
+            decode_s=round(max(0.0, total - gen.prefill_s), 6),
+            total_s=round(total, 6),
+        )
+        return Verdict(
+            label=p.label,
+            unsafe=p.label == UNSAFE,
+            score=p.score,
+            analysis=text,
+            raw=raw,
+            truncated=p.truncated,
+            timings=timings,
+            analysis_cut=gen.cut,
+            windows=int(extra.get("windows", 1)),
+            window=int(extra.get("window", 0)),
+            span=span,
+            normalized=bool(extra.get("normalized", False)),
+            provenance=provenance,
+        )

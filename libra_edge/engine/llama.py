@@ -1,0 +1,445 @@
+"""The one seam to llama.cpp: the only module of libra-edge that imports `llama_cpp`.
+
+Everything the engine, the converter, `bench` and `doctor` need from llama.cpp is here:
+loading a model and creating a context, tokens and pieces, filling a batch and reading
+logits, KV-memory operations, the grammar sampler, quantization, build information and
+log silencing. llama-cpp-python's 0.3.x releases follow llama.cpp's main branch and its
+ctypes structures change between patch releases, so the version is pinned exactly
+(`PINNED_VERSION`) and struct fields are set through `set_fields`, which refuses a field
+name the structure does not have (a ctypes Structure silently accepts unknown attributes,
+so a renamed field would otherwise stop applying without a sound).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+PINNED_VERSION = "0.3.36"
+# Tokens per micro-batch. Part of the canonical evaluation shape: llama.cpp's CPU kernels
+# give bit-identical results for the same shapes only, so this never varies.
+UBATCH = 512
+
+_lib: ModuleType | None = None
+_log_lock = threading.Lock()
+_log_callback: Any = None  # kept referenced: llama.cpp holds a raw pointer to it
+_verbose = False
+
+
+def lib() -> ModuleType:
+    """The `llama_cpp` module, imported on first use (loading the library is not free)."""
+    global _lib
+    if _lib is None:
+        import llama_cpp
+
+        _lib = llama_cpp
+        set_logging(_verbose)
+        llama_cpp.llama_backend_init()
+    return _lib
+
+
+def version() -> str:
+    """The installed llama-cpp-python version."""
+    return str(lib().__version__)
+
+
+def system_info() -> str:
+    """llama.cpp's own description of the build (backends and SIMD features)."""
+    return str(lib().llama_print_system_info().decode("utf-8", errors="replace").strip())
+
+
+def build_features() -> str:
+    """A compact, comparable name of the arithmetic this build runs: its enabled features.
+
+    Two processes whose builds report the same string compute the same logits for the
+    same evaluation schedule; different SIMD paths (AVX2 vs AVX-512) or a GPU do not.
+    """
+    parts = []
+    for section in system_info().split("|"):
+        section = section.strip()
+        if " = 1" in section or section.startswith(("CPU :", "CUDA", "Metal", "Vulkan")):
+            parts.append(section.replace(" = 1", ""))
+    gpu = " +gpu" if supports_gpu_offload() else ""
+    return f"llama-cpp-python {version()}: " + " ".join(parts) + gpu
+
+
+def supports_gpu_offload() -> bool:
+    """Whether this build can offload layers to a GPU (CUDA, Metal, Vulkan...)."""
+    return bool(lib().llama_supports_gpu_offload())
+
+
+# ----------------------------------------------------------------------------- logs
+def set_logging(verbose: bool) -> None:
+    """Route llama.cpp's (and ggml's) log callback: to stderr when verbose, else nowhere.
+
+    One mechanism: llama.cpp's log callback. It never touches file descriptors, so a
+    terminal UI drawing on fd 2 is not disturbed by a model loading in a worker thread.
+    """
+    global _log_callback, _verbose
+    _verbose = verbose
+    if _lib is None:
+        return  # applied when the library is first loaded
+    with _log_lock:
+
+        def emit(level: int, text: bytes, user_data: Any) -> None:
+            if _verbose:
+                try:
+                    sys.stderr.write(text.decode("utf-8", errors="replace"))
+                    sys.stderr.flush()
+                except (OSError, ValueError):
+                    pass
+
+        if _log_callback is None:
+            _log_callback = _lib.llama_log_callback(emit)
+            _lib.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+# -------------------------------------------------------------------------- structs
+def set_fields(struct: ctypes.Structure, **values: Any) -> None:
+    """Set fields of a ctypes structure, refusing names the structure does not have."""
+    known = {name for name, *_ in type(struct)._fields_}
+    for name, value in values.items():
+        if name not in known:
+            raise RuntimeError(
+                f"llama-cpp-python {version()}: {type(struct).__name__} has no field {name!r} "
+                f"(libra-edge is built against {PINNED_VERSION})"
+            )
+        setattr(struct, name, value)
+
+
+def token_data_dtype() -> np.dtype[Any]:
+    """The numpy dtype of `llama_token_data`, derived from the structure's own fields."""
+    st = lib().llama_token_data
+    names, formats = [], []
+    for name, ctype, *_ in st._fields_:
+        names.append(name)
+        formats.append(np.dtype(ctype))
+    offsets = [getattr(st, name).offset for name in names]
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": ctypes.sizeof(st)})
+
+
+# -------------------------------------------------------------------------- loading
+class LoadError(Exception):
+    """llama.cpp refused a model or context (the message says which)."""
+
+
+class Model:
+    """A loaded llama.cpp model and its vocabulary."""
+
+    def __init__(self, path: Path, *, gpu_layers: int, mmap: bool) -> None:
+        ll = lib()
+        params = ll.llama_model_default_params()
+        # Read the weights rather than map them unless asked: on CPUs where llama.cpp
+        # repacks quantized tensors for its SIMD kernels, the mapped pages stay resident
+        # beside the repacked copy (a 3B Q4_K_M then holds 3.4 GiB instead of 2.1 GiB).
+        set_fields(params, n_gpu_layers=gpu_layers,
+                   load_mode=ll.LLAMA_LOAD_MODE_MMAP if mmap else ll.LLAMA_LOAD_MODE_NONE)
+        ptr = ll.llama_model_load_from_file(os.fsencode(path), params)
+        if not ptr:
+            raise LoadError("llama.cpp could not load the model")
+        self.ptr = ptr
+        self.vocab = ll.llama_model_get_vocab(ptr)
+        self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
+        self._buf = ctypes.create_string_buffer(256)
+        self._pieces: dict[int, bytes] = {}
+
+    def close(self) -> None:
+        """Free the model (after every context made from it)."""
+        if self.ptr:
+            lib().llama_model_free(self.ptr)
+            self.ptr = None
+
+    def chat_template(self) -> str | None:
+        """The chat template stored in the GGUF, if any."""
+        raw = lib().llama_model_chat_template(self.ptr, None)
+        return raw.decode("utf-8") if raw else None
+
+    def meta(self, key: str) -> str | None:
+        """A GGUF metadata value as text (None when absent)."""
+        buf = ctypes.create_string_buffer(4096)
+        n = lib().llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace") if n >= 0 else None
+
+    def bos(self) -> int:
+        """The BOS token id (-1 when the vocabulary has none)."""
+        return int(lib().llama_vocab_bos(self.vocab))
+
+    def eos(self) -> int:
+        """The EOS token id (-1 when the vocabulary has none)."""
+        return int(lib().llama_vocab_eos(self.vocab))
+
+    def is_eog(self, token: int) -> bool:
+        """True for end-of-generation tokens (EOS, `<|im_end|>`...)."""
+        return bool(lib().llama_vocab_is_eog(self.vocab, token))
+
+    def tokenize(self, text: bytes, *, add_special: bool, parse_special: bool) -> list[int]:
+        """Token ids of UTF-8 `text`."""
+        ll = lib()
+        n_max = len(text) + 8
+        buf = (ll.llama_token * n_max)()
+        n = ll.llama_tokenize(self.vocab, text, len(text), buf, n_max, add_special, parse_special)
+        if n < 0:
+            n_max = -n
+            buf = (ll.llama_token * n_max)()
+            n = ll.llama_tokenize(self.vocab, text, len(text), buf, n_max, add_special, parse_special)
+        if n < 0:
+            raise RuntimeError("llama.cpp could not tokenize the text")
+        return list(buf[:n])
+
+    def detokenize(self, tokens: Sequence[int]) -> bytes:
+        """The bytes of `tokens` (control tokens left out)."""
+        ll = lib()
+        arr = (ll.llama_token * max(1, len(tokens)))(*tokens)
+        size = 16 * len(tokens) + 16
+        out = ctypes.create_string_buffer(size)
+        n = ll.llama_detokenize(self.vocab, arr, len(tokens), out, size, False, False)
+        if n < 0:
+            size = -n
+            out = ctypes.create_string_buffer(size)
+            n = ll.llama_detokenize(self.vocab, arr, len(tokens), out, size, False, False)
+        return out.raw[: max(n, 0)]
+
+    def piece(self, token: int) -> bytes:
+        """The bytes one token decodes to (control tokens: empty); cached."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            n = lib().llama_token_to_piece(self.vocab, token, self._buf, 256, 0, False)
+            cached = self._buf.raw[: max(n, 0)]
+            self._pieces[token] = cached
+        return cached
+
+    def special_text(self, token: int) -> str:
+        """Text of a control token such as BOS/EOS ("" for -1)."""
+        if token < 0:
+            return ""
+        n = lib().llama_token_to_piece(self.vocab, token, self._buf, 256, 0, True)
+        return self._buf.raw[: max(n, 0)].decode("utf-8", errors="ignore")
+
+    def all_pieces(self) -> list[tuple[int, bytes]]:
+        """(id, bytes) for the whole vocabulary (about 0.1 s for 150k tokens)."""
+        buf, fn, vocab = self._buf, lib().llama_token_to_piece, self.vocab
+        out = []
+        for tok in range(self.n_vocab):
+            n = fn(vocab, tok, buf, 256, 0, False)
+            if n > 0:
+                out.append((tok, buf.raw[:n]))
+        return out
+
+
+class Context:
+    """A llama.cpp context with `n_seq` sequences, one KV stream each, and one batch."""
+
+    def __init__(self, model: Model, *, ctx_per_seq: int, n_seq: int, threads: int) -> None:
+        ll = lib()
+        params = ll.llama_context_default_params()
+        # Every block the engine evaluates fits one llama_decode call; llama.cpp splits it
+        # into micro-batches of UBATCH tokens, the same way every time.
+        n_batch = ctx_per_seq
+        set_fields(
+            params,
+            n_ctx=ctx_per_seq * n_seq,
+            n_batch=n_batch,
+            n_ubatch=UBATCH,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_seq_max=n_seq,
+            # One KV stream per sequence: a sequence's attention never reads another's
+            # cells, so its arithmetic does not depend on what the others hold.
+            kv_unified=False,
+            no_perf=True,
+            # Flash attention changes the arithmetic with the batch shape.
+            flash_attn_type=ll.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        )
+        ptr = ll.llama_init_from_model(model.ptr, params)
+        if not ptr:
+            raise LoadError("llama.cpp could not create a context (out of memory for the KV cache?)")
+        self.ptr = ptr
+        self.model = model
+        self.n_batch = n_batch
+        self.n_seq = n_seq
+        self.n_ctx_seq = int(ll.llama_n_ctx_seq(ptr))
+        self._memory = ll.llama_get_memory(ptr)
+        self._batch = ll.llama_batch_init(n_batch, 0, 1)
+
+    def close(self) -> None:
+        """Free the batch and the context."""
+        ll = lib()
+        if self._batch is not None:
+            ll.llama_batch_free(self._batch)
+            self._batch = None
+        if self.ptr:
+            ll.llama_free(self.ptr)
+            self.ptr = None
+
+    def decode(self, entries: Sequence[tuple[int, int, int, bool]]) -> list[np.ndarray]:
+        """One llama_decode of [(seq, token, pos, want_logits)]; copies of the wanted logits."""
+        if len(entries) > self.n_batch:
+            raise RuntimeError(f"batch of {len(entries)} tokens exceeds n_batch {self.n_batch}")
+        ll = lib()
+        batch = self._batch
+        wanted = []
+        for i, (seq, tok, pos, want) in enumerate(entries):
+            batch.token[i] = tok
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = want
+            if want:
+                wanted.append(i)
+        batch.n_tokens = len(entries)
+        rc = ll.llama_decode(self.ptr, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc}")
+        n_vocab = self.model.n_vocab
+        return [np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ptr, i), shape=(n_vocab,)).copy() for i in wanted]
+
+    def seq_rm(self, seq: int, start: int) -> None:
+        """Forget `seq`'s KV state from position `start` on."""
+        lib().llama_memory_seq_rm(self._memory, seq, start, -1)
+
+    def seq_cp(self, src: int, dst: int) -> None:
+        """Copy all of `src`'s KV state into `dst` (across streams: whole streams only)."""
+        lib().llama_memory_seq_cp(self._memory, src, dst, -1, -1)
+
+
+class Grammar:
+    """A GBNF grammar sampler: which tokens the grammar admits next, and its state."""
+
+    def __init__(self, model: Model, text: str, root: str = "root") -> None:
+        ll = lib()
+        self.ptr = ll.llama_sampler_init_grammar(model.vocab, text.encode("utf-8"), root.encode())
+        if not self.ptr:
+            raise RuntimeError("llama.cpp rejected the grammar")
+        n = model.n_vocab
+        self._all = np.zeros(n, dtype=token_data_dtype())
+        self._all_arr = ll.llama_token_data_array(
+            data=self._all.ctypes.data_as(ll.llama_token_data_p), size=n, selected=-1, sorted=False
+        )
+        self._one = np.zeros(1, dtype=self._all.dtype)
+        self._one_arr = ll.llama_token_data_array(
+            data=self._one.ctypes.data_as(ll.llama_token_data_p), size=1, selected=-1, sorted=False
+        )
+        self._ids = np.arange(n, dtype=self._all.dtype["id"])
+
+    def close(self) -> None:
+        """Free the sampler."""
+        if self.ptr:
+            lib().llama_sampler_free(self.ptr)
+            self.ptr = None
+
+    def reset(self) -> None:
+        """Back to the grammar's start."""
+        lib().llama_sampler_reset(self.ptr)
+
+    def accept(self, token: int) -> None:
+        """Advance past `token`."""
+        lib().llama_sampler_accept(self.ptr, token)
+
+    def allows(self, token: int, logit: float) -> bool:
+        """Whether the grammar, in its current state, admits `token` next."""
+        self._one["id"][0] = token
+        self._one["logit"][0] = logit
+        self._one_arr.size = 1
+        lib().llama_sampler_apply(self.ptr, ctypes.byref(self._one_arr))
+        return bool(np.isfinite(self._one["logit"][0]))
+
+    def mask(self, logits: np.ndarray) -> np.ndarray:
+        """`logits` with every token the grammar forbids set to -inf."""
+        self._all["id"] = self._ids
+        self._all["logit"] = logits
+        self._all_arr.size = len(self._all)
+        self._all_arr.sorted = False
+        lib().llama_sampler_apply(self.ptr, ctypes.byref(self._all_arr))
+        masked = np.full(len(self._all), -np.inf, dtype=np.float32)
+        n = self._all_arr.size
+        masked[self._all["id"][:n]] = self._all["logit"][:n]
+        return masked
+
+
+def open_model(path: Path, *, gpu_layers: int, mmap: bool, ctx_per_seq: int, n_seq: int,
+               threads: int) -> tuple[Model, Context]:
+    """Load the weights and create a context; LoadError with a reason when llama.cpp refuses."""
+    model = Model(path, gpu_layers=gpu_layers, mmap=mmap)
+    try:
+        ctx = Context(model, ctx_per_seq=ctx_per_seq, n_seq=n_seq, threads=threads)
+    except BaseException:
+        model.close()
+        raise
+    return model, ctx
+
+
+# ----------------------------------------------------------------------- quantizing
+def quantize(src: Path, dst: Path, ftype_name: str, *, threads: int) -> int:
+    """llama.cpp's quantizer (`llama-quantize`) run in process; 0 on success."""
+    ll = lib()
+    params = ll.llama_model_quantize_default_params()
+    set_fields(params, ftype=getattr(ll, ftype_name), nthread=threads)
+    return int(ll.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params)))
+
+
+def quantize_types() -> Callable[[str], bool]:
+    """A test for whether this build knows an ftype constant such as LLAMA_FTYPE_MOSTLY_Q4_K_M."""
+    ll = lib()
+    return lambda name: hasattr(ll, name)
+
+
+# ------------------------------------------------------------------------- baseline
+def bare_loop(path: Path, tokens: Sequence[int], *, steps: int, threads: int, n_ctx: int = 4096) -> tuple[float, float]:
+    """llama-cpp-python's own `Llama` on `tokens`: (prefill tok/s, greedy decode tok/s).
+
+    No libra-edge code runs in the timed part: the baseline `bench` compares the engine
+    with. `Llama` keeps its own defaults (batch sizes, flash attention).
+    """
+    import time
+
+    ll = lib()
+    llm = ll.Llama(str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
+    try:
+        t = time.perf_counter()
+        llm.eval(list(tokens))
+        prefill = len(tokens) / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for _ in range(steps):
+            logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+            order = np.argsort(logits)
+            tok = int(order[-1])
+            if ll.llama_vocab_is_eog(ll.llama_model_get_vocab(llm.model), tok):
+                tok = int(order[-2])
+            llm.eval([tok])
+        decode = steps / (time.perf_counter() - t) if steps else 0.0
+    finally:
+        llm.close()
+    return prefill, decode
+
+
+def last_logits(
+    path: Path, token_lists: Sequence[Sequence[int]], texts: Sequence[str], *, n_ctx: int, threads: int | None
+) -> tuple[list[np.ndarray], list[list[int]]]:
+    """Logits after each token list (a fresh evaluation each), and each text's token ids.
+
+    For checking a converted file against its source: the texts are tokenized with
+    control tokens parsed and no BOS added, as a chat template's output is.
+    """
+    ll = lib()
+    kwargs: dict[str, Any] = {"n_ctx": n_ctx, "verbose": False, "logits_all": False}
+    if threads:
+        kwargs["n_threads"] = threads
+    llm = ll.Llama(str(path), **kwargs)
+    try:
+        rows = []
+        for ids in token_lists:
+            llm.reset()
+            llm.eval(list(ids))
+            rows.append(np.ctypeslib.as_array(ll.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)).copy())
+        tokenized = [list(llm.tokenize(t.encode("utf-8"), add_bos=False, special=True)) for t in texts]
+    finally:
+        llm.close()
+    return rows, tokenized
