@@ -229,6 +229,12 @@ def _load_builtin() -> None:
     from . import llama, qwen1, qwen2  # noqa: F401
 
 
+def registered() -> dict[str, type[ModelSpec]]:
+    """Every architecture the converter handles, by Hugging Face class name."""
+    _load_builtin()
+    return dict(ARCHITECTURES)
+
+
 def spec_for(checkpoint: Checkpoint) -> ModelSpec:
     """The spec for this checkpoint's architecture; refuses anything not registered."""
     _load_builtin()

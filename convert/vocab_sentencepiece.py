@@ -138,11 +138,9 @@ def read_sentencepiece(path: Path) -> SentencePieceModel:
             f"{path}: SentencePiece normalizer {model.normalizer_name!r} rewrites text before tokenizing, "
             "which llama.cpp does not reproduce (only 'identity' is supported)"
         )
-    if model.remove_extra_whitespaces:
-        raise ConversionError(
-            f"{path}: SentencePiece normalizer collapses repeated spaces (remove_extra_whitespaces), "
-            "which llama.cpp does not reproduce"
-        )
+    # `remove_extra_whitespaces` is left alone on purpose: transformers' Llama tokenizer (what
+    # the guards were evaluated with) keeps repeated spaces whatever the model says, and so
+    # does llama.cpp; only the sentencepiece library itself would collapse them.
     return model
 
 

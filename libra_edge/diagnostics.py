@@ -125,8 +125,7 @@ def model_report(guard: Any) -> ModelReport:
 
 def _token_text(guard: Any, token: int) -> str:
     """A token's text for display; byte-fallback pieces (part of a character) as <0xNN>."""
-    # The engine has no public piece accessor yet; its model's is the llama.cpp call itself.
-    raw: bytes = guard._model.piece(token)
+    raw: bytes = guard.token_bytes(token)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -185,10 +185,11 @@ class FailsOn:
             raise RuntimeError("llama_decode returned -3")
         return self.guard.check(question, response, analysis=analysis)
 
-    def check_many(self, pairs: Sequence[tuple[str, str]], *, analysis: bool = True) -> list[Any]:
+    def check_many(self, pairs: Sequence[tuple[str, str]], *, analysis: bool = True,
+                   on_verdict: Any = None) -> list[Any]:
         if any(response == self.bad for _, response in pairs):
             raise RuntimeError("llama_decode returned -3")
-        return list(self.guard.check_many(pairs, analysis=analysis))
+        return list(self.guard.check_many(pairs, analysis=analysis, on_verdict=on_verdict))
 
 
 def test_an_item_that_fails_is_recorded_the_rest_run_and_a_rerun_retries_it(
@@ -350,21 +351,36 @@ def test_the_interrupt_path_reads_the_stored_items_once_not_once_per_pending_ite
 def test_a_failed_parallel_group_is_a_stored_counted_and_reported_failure_of_each_item(
     batch_model: Path, store: Store, make_input: Make,
 ) -> None:
-    """Failed before: check_many raising was swallowed (`except Exception: pass`)."""
-    path = make_input("a.jsonl", [{"question": "q", "response": f"r{i}"} for i in range(4)])
+    """Failed before: check_many raising was swallowed (`except Exception: pass`).
+
+    A parallel guard gets 4 items per sequence at a time (here 8); the second group of
+    two holds the failing item.
+    """
+    path = make_input("a.jsonl", [{"question": "q", "response": f"r{i}"} for i in range(10)])
     with Guard.load(batch_model, ctx_per_seq=1024, max_new_tokens=8, threads=1, parallel=2) as g:
-        failing = FailsOn(g, "r3")
+        failing = FailsOn(g, "r9")
         job = BatchJob.open(store, failing, read_inputs([path]), BatchOptions(analysis="all"))
         assert job.n_parallel == 2
         summary = job.execute()
-    assert (summary.status, summary.done, summary.errors) == ("finished", 4, 2)
+    assert (summary.status, summary.done, summary.errors) == ("finished", 10, 2)
     failed = store.results(job.run_id, verdict="error")
     message = "its parallel group of 2 failed: RuntimeError: llama_decode returned -3"
-    assert {(r.response, r.status, r.error) for r in failed} == {("r2", "failed", message), ("r3", "failed", message)}
-    assert summary.failures == (f"{path}:3: {message}", f"{path}:4: {message}")
+    assert {(r.response, r.status, r.error) for r in failed} == {("r8", "failed", message), ("r9", "failed", message)}
+    assert summary.failures == (f"{path}:9: {message}", f"{path}:10: {message}")
     assert store.run(job.run_id).errors == 2
 
 
 def test_guard_like_declares_everything_the_runner_calls() -> None:
-    assert {"info", "settings", "parallel"} <= set(GuardLike.__annotations__)
+    assert all(isinstance(getattr(GuardLike, name, None), property) for name in ("info", "settings", "parallel"))
     assert callable(getattr(GuardLike, "check_many", None)) and callable(getattr(GuardLike, "check", None))
+
+
+def test_resuming_a_run_recorded_by_an_earlier_version_says_so(guard: Guard, store: Store, make_input: Make) -> None:
+    batch = read_inputs([make_input("a.jsonl", [{"question": "q", "response": "r"}])])
+    old = store.create_run(fingerprint="from-the-hand-listed-settings", inputs=[], model_path=str(guard.info.path),
+                           model_name=guard.info.name, model_sha256=store.file_sha256(guard.info.path), quant=None,
+                           settings=guard.settings.to_dict(), prompt_template_version="libra-guard-v1",
+                           options={"analysis": "none"}, total=1)
+    store.finish_run(old, "interrupted")
+    with pytest.raises(LibraError, match=rf"cannot resume run {old}: it was recorded by an earlier libra-edge"):
+        BatchJob.open(store, guard, batch, BatchOptions(analysis="none"), resume=old)

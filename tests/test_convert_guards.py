@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from libra_edge.convert.architectures import ARCHITECTURES, _load_builtin
+from libra_edge.convert.architectures import registered
 from libra_edge.models import hub, registry
 
 EXPECTED = {
@@ -27,8 +27,7 @@ def test_models_pull_resolves_each_known_name() -> None:
 
 
 def test_each_guard_architecture_is_registered_in_the_converter() -> None:
-    _load_builtin()
-    assert {g.architecture for g in registry.PUBLISHED_GUARDS} <= set(ARCHITECTURES)
+    assert {g.architecture for g in registry.PUBLISHED_GUARDS} <= set(registered())
 
 
 def test_pull_downloads_every_vocabulary_file_the_converter_reads() -> None:

@@ -158,18 +158,28 @@ def test_missing_tokenizer_model_is_one_line_naming_it(tmp_path: Path, tiny_llam
     assert not (tmp_path / "out.gguf").exists()
 
 
-def test_sentencepiece_model_that_collapses_spaces_is_refused(tmp_path: Path) -> None:
+def _model_proto(normalizer: bytes) -> bytes:
+    """A one-piece BPE ModelProto with byte fallback and the given NormalizerSpec bytes."""
+    piece = b"\x0a\x01a\x15\x00\x00\x00\x00\x18\x01"  # piece "a", score 0, type NORMAL
+    trainer = b"\x18\x02\x98\x02\x01"  # model_type=BPE, byte_fallback=true
+    blob = b"\x0a" + bytes([len(piece)]) + piece + b"\x12" + bytes([len(trainer)]) + trainer
+    return blob + b"\x1a" + bytes([len(normalizer)]) + normalizer
+
+
+def test_sentencepiece_normalizer_that_rewrites_text_is_refused(tmp_path: Path) -> None:
     from libra_edge.convert.vocab_sentencepiece import read_sentencepiece
 
-    # A ModelProto with one piece and a normalizer that keeps remove_extra_whitespaces on.
-    piece = b"\x0a\x01a\x15\x00\x00\x00\x00\x18\x01"
-    trainer = b"\x18\x02\x98\x02\x01"  # model_type=BPE, byte_fallback=true
-    normalizer = b"\x0a\x08identity"
-    blob = b"\x0a" + bytes([len(piece)]) + piece + b"\x12" + bytes([len(trainer)]) + trainer
-    blob += b"\x1a" + bytes([len(normalizer)]) + normalizer
-    (tmp_path / "tokenizer.model").write_bytes(blob)
-    with pytest.raises(ConversionError, match="collapses repeated spaces"):
+    (tmp_path / "tokenizer.model").write_bytes(_model_proto(b"\x0a\x08nmt_nfkc\x12\x04\x01\x02\x03\x04"))
+    with pytest.raises(ConversionError, match="rewrites text before tokenizing"):
         read_sentencepiece(tmp_path / "tokenizer.model")
+
+
+def test_sentencepiece_space_collapsing_flag_is_accepted_as_transformers_ignores_it(tmp_path: Path) -> None:
+    from libra_edge.convert.vocab_sentencepiece import read_sentencepiece
+
+    (tmp_path / "tokenizer.model").write_bytes(_model_proto(b"\x0a\x08identity"))  # defaults: collapse on
+    model = read_sentencepiece(tmp_path / "tokenizer.model")
+    assert model.remove_extra_whitespaces and model.add_dummy_prefix and [p[0] for p in model.pieces] == ["a"]
 
 
 # ------------------------------------------------------------------------------- weights

@@ -239,7 +239,7 @@ def test_parallel_analyses_match_one_at_a_time(tiny_qwen_gguf: Path) -> None:
         fast = many.check_many(pairs, analysis=False)
         header = len(os.path.commonprefix([many.prompt_tokens(*pairs[0]), many.prompt_tokens("甲", "乙")]))
         prompt_lengths = [len(many.prompt_tokens(*p)) for p in pairs]
-    assert seen == list(range(len(pairs)))
+    assert sorted(seen) == list(range(len(pairs)))  # in finishing order
     assert [v.raw for v in got] == [v.raw for v in expected]
     assert [v.score for v in got] == [v.score for v in expected]  # bit for bit
     assert [v.label for v in fast] == [v.label for v in expected]

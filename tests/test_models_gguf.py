@@ -22,7 +22,7 @@ def test_reads_a_real_llama_model(smollm2_gguf: Path) -> None:
     assert info.chat_template and "messages" in info.chat_template
     assert info.file_size == smollm2_gguf.stat().st_size
     assert info.problems() == ["architecture llama is not supported "
-                               "(expected qwen2: a Qwen2.5-based Libra-Guard)"]
+                               "(expected qwen2, llama, qwen: a Libra-Guard on Qwen2.5, Yi-1.5 or Qwen1)"]
 
 
 def test_reads_a_converted_tiny_qwen(tiny_qwen_gguf: Path) -> None:

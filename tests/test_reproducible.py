@@ -55,27 +55,30 @@ def _batch(cli: list[str], env: dict[str, str], model: Path, *args: str) -> subp
 
 def _resumed(cli: list[str], env: dict[str, str], model: Path, src: Path, out: Path, home: Path) -> dict[str, tuple[float, str]]:
     """A --parallel 2 run killed after a few verdicts, then resumed with the printed hint's options."""
-    proc = subprocess.Popen([*cli, "batch", str(src), "--new-run", "--parallel", "2", "--max-tokens", "4",
+    db = home / "libra-edge.db"
+    with sqlite3.connect(db) as conn:
+        before = conn.execute("SELECT coalesce(max(id), 0) FROM runs").fetchone()[0]
+    proc = subprocess.Popen([*cli, "batch", str(src), "--new-run", "--parallel", "2", "--max-tokens", "64",
                              "-m", str(model), *COMMON], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    db = home / "results.db"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.05)
         if proc.poll() is not None:
             break
         try:
             with sqlite3.connect(db, timeout=5) as conn:
-                done = conn.execute("SELECT count(*) FROM results").fetchone()[0]
+                done = conn.execute("SELECT count(*) FROM results WHERE run_id > ?", (before,)).fetchone()[0]
         except sqlite3.Error:
             continue
-        if done >= 5:
+        if done >= 3:
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     with sqlite3.connect(db) as conn:
         run_id = conn.execute("SELECT max(id) FROM runs").fetchone()[0]
-        assert conn.execute("SELECT count(*) FROM results WHERE run_id = ?", (run_id,)).fetchone()[0] < 20
+        assert run_id > before
+        assert 3 <= conn.execute("SELECT count(*) FROM results WHERE run_id = ?", (run_id,)).fetchone()[0] < 20
     _batch(cli, env, model, "--resume", str(run_id), "-o", str(out))
     return _scores(out)
 

@@ -90,3 +90,13 @@ def test_decisions_made_before_the_history_existed_become_its_first_entries(tmp_
         store.set_review(row.id, "confirm", None, reviewer="new")
         restored = store.undo_review(row.id, reviewer="new")
         assert (restored.review, restored.review_note) == ("safe", "old note")
+
+
+def test_a_decision_from_the_table_keeps_a_note_written_elsewhere_since(tmp_path: Path) -> None:
+    db = tmp_path / "notes.db"
+    with open_store(db) as mine, open_store(db) as theirs:
+        run_id = seed_run(mine)
+        item = mine.results(run_id)[1].id
+        theirs.set_review(item, None, "check the source", reviewer="kim")
+        row = mine.set_review(item, "confirm", None, reviewer="lee", keep_note=True)
+    assert (row.review, row.review_note, row.reviewer) == ("confirm", "check the source", "lee")

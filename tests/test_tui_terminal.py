@@ -149,7 +149,8 @@ def test_a_reviewers_queue_in_a_real_terminal(tmux_tui: Callable[..., Tmux], tmp
 
     # The first item: a note, then confirm; then the queue: next → 安全, next → 不安全 (a confirmation).
     tui.keys("Enter")
-    tui.wait_for(lambda s: "review: not reviewed" in s and "r-002-00001" in s, what="the first item")
+    tui.wait_for(lambda s: "review: not reviewed" in s and "r-002-00001" in s and "c Confirm" in s,
+                 what="the first item")
     tui.keys("e")
     # The note field has the focus once the footer drops the item's keys (typed before that,
     # the letters would be read as commands).

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from libra_edge import __version__
 from libra_edge.batch.fields import FieldMap
 from libra_edge.batch.readers import BatchInput, Item
 from libra_edge.batch.transcripts import INPUT_FORMATS, TURN_SELECTIONS
@@ -40,22 +41,31 @@ ANALYSIS_MODES: tuple[str, ...] = ("all", "flagged", "none")
 _VERDICT_DEFAULTS: tuple[tuple[str, Any], ...] = (
     ("windows", 1), ("window", 0), ("span", None), ("normalized", False), ("analysis_cut", False))
 # Failures listed in a summary (all of them are in the store).
+# Items handed to a parallel guard at a time, per sequence: enough that a freed sequence
+# is refilled at once, few enough that Ctrl-C stops soon.
+_REFILL = 4
 _FAILURES_SHOWN = 5
 
 
 class GuardLike(Protocol):
-    """What the runner needs from `libra_edge.engine.Guard`."""
+    """What the runner needs from `libra_edge.engine.Guard` (read-only attributes and two methods)."""
 
-    info: Any
-    """`GGUFInfo`: `path`, `name`, `quant`."""
-    settings: EngineSettings
-    """The effective settings: their verdict fields make the run's fingerprint."""
-    parallel: int
-    """Sequences decoded together: `check_many` gets chunks of this many items."""
+    @property
+    def info(self) -> Any:
+        """`GGUFInfo`: `path`, `name`, `quant`."""
+
+    @property
+    def settings(self) -> EngineSettings:
+        """The effective settings: their verdict fields make the run's fingerprint."""
+
+    @property
+    def parallel(self) -> int:
+        """Sequences decoded together: `check_many` gets chunks of this many items."""
 
     def check(self, question: str, response: str, *, analysis: bool = True) -> Any: ...
 
-    def check_many(self, pairs: Sequence[tuple[str, str]], *, analysis: bool = True) -> Sequence[Any]: ...
+    def check_many(self, pairs: Sequence[tuple[str, str]], *, analysis: bool = True,
+                   on_verdict: Callable[[int, Any], None] | None = None) -> Sequence[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,9 @@ def resume_settings(run: RunRow, **speed: Any) -> EngineSettings:
     fingerprint; speed settings (`parallel`, `threads`, `mmap`, `verbose`) are the run's
     unless given here (None keeps the run's). Naming a verdict setting raises LibraError.
     """
+    if run.options.get("kind") == "serve":
+        raise LibraError(f"run {run.id} was recorded by `libra-edge serve`: it has no input files to resume",
+                         hint=f"see it with `libra-edge report {run.id}`")
     verdict = sorted(set(speed) & set(EngineSettings.verdict_fields()))
     if verdict:
         raise LibraError(f"run {run.id}: {', '.join(verdict)} decide verdicts and cannot change on resume",
@@ -205,7 +218,8 @@ def verdict_record(verdict: Any) -> dict[str, Any]:
     return record
 
 
-def _describe_mismatch(run: RunRow, options: BatchOptions, sha: str, settings: EngineSettings) -> str:
+def _describe_mismatch(run: RunRow, batch: BatchInput, options: BatchOptions, sha: str,
+                       settings: EngineSettings) -> str:
     """Why a run cannot be resumed with these inputs/model/settings, in words."""
     reasons = []
     if run.model_sha256 != sha:
@@ -223,14 +237,20 @@ def _describe_mismatch(run: RunRow, options: BatchOptions, sha: str, settings: E
     for key, value in settings.verdict_key().items():
         if before.get(key) != value:
             reasons.append(f"its {key} was {before.get(key)!r}, now {value!r}")
-    if not reasons:
+    digest = run.options.get("inputs_digest")
+    if digest is not None and digest != batch.digest:
         reasons.append("the input files changed since")
+    if not reasons:
+        reasons.append("the input files changed since" if digest is not None else
+                       "it was recorded by an earlier libra-edge, which identified runs differently "
+                       "(start a new run; the old one stays in the database)")
     return "; ".join(reasons)
 
 
 def _stored_settings(settings: EngineSettings) -> dict[str, Any]:
-    """What a run records: every setting and the prompt template's version."""
-    return {**settings.to_dict(), "prompt_template_version": PROMPT_TEMPLATE_VERSION}
+    """What a run records: every setting, the prompt template's and the tool's versions."""
+    return {**settings.to_dict(), "prompt_template_version": PROMPT_TEMPLATE_VERSION,
+            "libra_edge_version": __version__}
 
 
 class BatchJob:
@@ -266,7 +286,7 @@ class BatchJob:
         if resume is not None:
             run = store.run(resume)
             if run.fingerprint != fp:
-                raise LibraError(f"cannot resume run {resume}: {_describe_mismatch(run, options, sha, settings)}")
+                raise LibraError(f"cannot resume run {resume}: {_describe_mismatch(run, batch, options, sha, settings)}")
         elif not new:
             run = store.find_run(fp)
         if run is None:
@@ -275,7 +295,8 @@ class BatchJob:
                 model_path=str(guard.info.path), model_name=guard.info.name, model_sha256=sha,
                 quant=getattr(guard.info, "quant", None), settings=_stored_settings(settings),
                 prompt_template_version=PROMPT_TEMPLATE_VERSION,
-                options=options.to_json(), total=len(batch.items), skipped=batch.skipped,
+                options={**options.to_json(), "inputs_digest": batch.digest}, total=len(batch.items),
+                skipped=batch.skipped,
             )
             store.add_placeholders(run_id, batch.placeholders)
             return cls(store, guard, batch, options, store.run(run_id), resumed=False)
@@ -318,29 +339,36 @@ class BatchJob:
         message: str | None = None
         try:
             order = processing_order(self.pending)
-            for start in range(0, len(order), self.n_parallel):
+
+            def record(item: Item, outcome: Any) -> None:
+                nonlocal done_now
+                self._store(item, outcome)
+                done_now += 1
+                counts["done"] += 1
+                if isinstance(outcome, Exception):
+                    counts["errors"] += 1
+                    if len(failures) < _FAILURES_SHOWN:
+                        failures.append(f"{item.file}:{item.line}: {_describe(outcome)}")
+                elif outcome.unsafe:
+                    counts["flagged"] += 1
+                if on_progress is not None:
+                    elapsed = time.perf_counter() - t0
+                    rate = done_now / elapsed if elapsed > 0 else 0.0
+                    left = total - counts["done"]
+                    on_progress(BatchProgress(
+                        run_id=self.run_id, total=total, done=counts["done"], done_now=done_now,
+                        flagged=counts["flagged"], errors=counts["errors"], elapsed_s=elapsed,
+                        rate=rate, eta_s=left / rate if rate > 0 else None, last_seq=item.seq))
+
+            # With parallel sequences the engine refills a finished sequence at once
+            # (continuous batching), so it gets several slots' worth of items at a time;
+            # each verdict is committed as it finishes.
+            step = self.n_parallel * _REFILL if self.n_parallel > 1 else 1
+            for start in range(0, len(order), step):
                 if cancel.is_set():
                     message = "cancelled"
                     break
-                chunk = order[start:start + self.n_parallel]
-                for item, outcome in zip(chunk, self._check_chunk(chunk)):
-                    self._store(item, outcome)
-                    done_now += 1
-                    counts["done"] += 1
-                    if isinstance(outcome, Exception):
-                        counts["errors"] += 1
-                        if len(failures) < _FAILURES_SHOWN:
-                            failures.append(f"{item.file}:{item.line}: {_describe(outcome)}")
-                    elif outcome.unsafe:
-                        counts["flagged"] += 1
-                    if on_progress is not None:
-                        elapsed = time.perf_counter() - t0
-                        rate = done_now / elapsed if elapsed > 0 else 0.0
-                        left = total - counts["done"]
-                        on_progress(BatchProgress(
-                            run_id=self.run_id, total=total, done=counts["done"], done_now=done_now,
-                            flagged=counts["flagged"], errors=counts["errors"], elapsed_s=elapsed,
-                            rate=rate, eta_s=left / rate if rate > 0 else None, last_seq=item.seq))
+                self._check_chunk(order[start:start + step], record)
             else:
                 status = "finished"
         except KeyboardInterrupt:
@@ -367,41 +395,54 @@ class BatchJob:
                             truncated=final.truncated, chunked=final.chunked, failures=tuple(failures))
 
     # -- checking ------------------------------------------------------------------------
-    def _check_chunk(self, chunk: Sequence[Item]) -> list[Any]:
-        """Verdicts (or the exception each item raised) for a chunk, per the analysis mode."""
-        first = self._check_many(chunk, analysis=self.options.analysis == "all")
-        if self.options.analysis == "flagged":
-            # A fast check decided; only unsafe items pay for generating an analysis. The
-            # engine keeps this prompt's KV state, so the second pass re-evaluates only
-            # the tokens after the shared prefix before it decodes.
-            unsafe = [i for i, v in enumerate(first) if not isinstance(v, Exception) and v.unsafe]
-            for i, verdict in zip(unsafe, self._check_many([chunk[i] for i in unsafe], analysis=True)):
-                first[i] = verdict
-        return first
+    def _check_chunk(self, chunk: Sequence[Item], record: Callable[[Item, Any], None]) -> None:
+        """Judge a chunk per the analysis mode; `record(item, verdict or exception)` as each ends."""
+        if self.options.analysis != "flagged":
+            self._check_many(chunk, analysis=self.options.analysis == "all", record=record)
+            return
+        # A fast check decides; only unsafe items pay for an analysis. The engine keeps the
+        # header's and question's blocks, so the second pass evaluates the response block
+        # again (the same blocks, the same score) and then writes the analysis.
+        unsafe: list[Item] = []
 
-    def _check_many(self, items: Sequence[Item], *, analysis: bool) -> list[Any]:
+        def triage(item: Item, outcome: Any) -> None:
+            if not isinstance(outcome, Exception) and outcome.unsafe:
+                unsafe.append(item)
+            else:
+                record(item, outcome)
+
+        self._check_many(chunk, analysis=False, record=triage)
+        if unsafe:
+            self._check_many(unsafe, analysis=True, record=record)
+
+    def _check_many(self, items: Sequence[Item], *, analysis: bool, record: Callable[[Item, Any], None]) -> None:
         if self.n_parallel > 1 and len(items) > 1:
+            seen: set[int] = set()
+
+            def on_verdict(i: int, verdict: Any) -> None:
+                seen.add(i)
+                record(items[i], verdict)
+
             try:
-                verdicts = list(self.guard.check_many([(i.question, i.response) for i in items], analysis=analysis))
-            except (KeyboardInterrupt, MemoryError):
+                self.guard.check_many([(i.question, i.response) for i in items], analysis=analysis,
+                                      on_verdict=on_verdict)
+            except (KeyboardInterrupt, MemoryError, DiskFullError):
                 raise
             except Exception as exc:
-                # Recorded against every item of the group (a rerun retries them), never dropped.
+                # Recorded against every unfinished item of the group (a rerun retries them).
                 failure = GroupFailure(f"its parallel group of {len(items)} failed: {_describe(exc)}")
-                return [failure] * len(items)
-            if len(verdicts) != len(items):
-                failure = GroupFailure(f"its parallel group of {len(items)} returned {len(verdicts)} verdicts")
-                return [failure] * len(items)
-            return verdicts
-        outcomes: list[Any] = []
+                for i, item in enumerate(items):
+                    if i not in seen:
+                        record(item, failure)
+            return
         for item in items:
             try:
-                outcomes.append(self.guard.check(item.question, item.response, analysis=analysis))
+                outcome: Any = self.guard.check(item.question, item.response, analysis=analysis)
             except (KeyboardInterrupt, MemoryError):
                 raise
             except Exception as exc:
-                outcomes.append(exc)
-        return outcomes
+                outcome = exc
+            record(item, outcome)
 
     def _store(self, item: Item, outcome: Any) -> None:
         error = verdict = None

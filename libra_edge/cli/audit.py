@@ -1,6 +1,8 @@
-"""`libra-edge audit`: steps of an audit that come before a run (reproducible samples)."""
+"""`libra-edge audit`: audit steps before a run: reproducible random samples."""
 
 from __future__ import annotations
+
+from libra_edge.cli.common import help_from_doc
 
 import argparse
 import sys
@@ -30,11 +32,11 @@ examples:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `audit` subcommand group."""
-    p = sub.add_parser("audit", help="audit steps before a run: reproducible random samples",
+    p = sub.add_parser("audit", help=help_from_doc(__doc__),
                        description="Audit helpers. `audit sample` draws a reproducible (optionally "
                        "stratified) random sample of a test bank or of conversation logs.")
     actions = p.add_subparsers(dest="audit_command", metavar="ACTION")
-    s = actions.add_parser("sample", help="draw a reproducible random sample of records",
+    s = actions.add_parser("sample", help=help_from_doc(run_sample.__doc__),
                            description="Draw N records at random from the inputs, reproducibly.",
                            epilog=SAMPLE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders (JSON, JSONL, CSV, Parquet)")
@@ -54,7 +56,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    """Handle `libra-edge audit sample`."""
+    """Draw a reproducible random sample of records (`libra-edge audit sample`)."""
     from libra_edge.audit.sample import draw, write_sample
 
     output = Path(args.output)

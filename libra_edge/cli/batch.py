@@ -1,4 +1,7 @@
-"""`libra-edge batch`: check whole files of pairs or chat transcripts, resumably, into SQLite and JSONL/JSON/CSV."""
+"""`libra-edge batch`: check whole files of pairs or chat transcripts, resumably.
+
+Verdicts go to the SQLite store as they are made, and to JSONL/JSON/CSV at the end.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +16,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from libra_edge.batch.transcripts import INPUT_FORMATS, TURN_SELECTIONS
-from libra_edge.cli.common import add_model_options, guard_options
+from libra_edge.cli.common import add_model_options, guard_options, help_from_doc
 from libra_edge.engine.settings import LONG_MODES
 from libra_edge.errors import DiskFullError, ExitCode, LibraError
 
 if TYPE_CHECKING:
-    from libra_edge.batch import BatchInput, BatchProgress, BatchSummary
+    from libra_edge.batch import AnalysisMode, BatchInput, BatchProgress, BatchSummary
     from libra_edge.engine.settings import EngineSettings
     from libra_edge.store import RunRow, Store
 
@@ -113,10 +116,10 @@ class OutputTarget:
         return None if self.path is None else self.path.with_name(self.path.name + ".partial")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `batch` subcommand."""
     p = sub.add_parser(
-        "batch", help="check whole files of pairs or chat transcripts, resumably",
+        "batch", help=help_from_doc(__doc__),
         description="Check every (question, response) pair or assistant turn in the inputs; results "
         "go to the results database as they are made, and to -o in input order at the end.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -236,12 +239,12 @@ def _run_batch(args: argparse.Namespace, store: Store) -> int:
     inputs: list[str] = list(args.inputs)
     if args.resume is not None:
         past = store.run(args.resume)
+        # Verdict-relevant settings come from the run; speed settings from this command.
+        settings = resume_settings(past, parallel=args.parallel, threads=args.threads, verbose=args.verbose)
         options = BatchOptions.from_json(past.options)
         if analysis is not None and analysis != options.analysis:
             raise LibraError(f"--resume {past.id}: the run uses --analysis {options.analysis}; "
                              "drop the option or start a new run")
-        # Verdict-relevant settings come from the run; speed settings from this command.
-        settings = resume_settings(past, parallel=args.parallel, threads=args.threads, verbose=args.verbose)
         if not inputs and "-" in past.inputs:
             raise LibraError(f"--resume {past.id}: the run read its input from stdin",
                              hint=f"pipe the same input again: ... | libra-edge batch - --resume {past.id}")
@@ -252,7 +255,7 @@ def _run_batch(args: argparse.Namespace, store: Store) -> int:
             raise LibraError("give INPUT files or folders to check (or --resume RUN, or --runs)")
         settings = _new_settings(args)
         fields = FieldMap(question=args.question_field, response=args.response_field, id=args.id_field)
-        options = BatchOptions(analysis=analysis or "all", fields=fields, strict=args.strict,
+        options = BatchOptions(analysis=cast("AnalysisMode", analysis or "all"), fields=fields, strict=args.strict,
                                format=args.format, turns=args.turns)
     batch = read_inputs(inputs, options.fields, strict=args.strict or options.strict,
                         format=options.format, turns=options.turns)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""`libra-edge bench`: speed figures for a model on this machine."""
+"""`libra-edge bench`: measure checks/s and tokens/s for a model on this machine."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from libra_edge.cli.common import add_model_options, guard_options
+from libra_edge.cli.common import add_model_options, guard_options, help_from_doc
 from libra_edge.errors import LibraError
 
 EPILOG = """\
@@ -21,10 +21,10 @@ at --short-cap), peak memory, and the same prompt through llama-cpp-python's own
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "bench",
-        help="measure checks/s and tokens/s for a model",
+        help=help_from_doc(__doc__),
         description="Benchmark a model on a fixed set of Libra-style pairs.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

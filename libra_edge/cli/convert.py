@@ -1,6 +1,11 @@
-"""`libra-edge convert`: turn a Hugging Face Libra-Guard checkpoint into a GGUF (delegates to `libra_edge.convert`)."""
+"""`libra-edge convert`: convert a Hugging Face checkpoint (safetensors) into a GGUF model.
+
+Delegates to `libra_edge.convert`.
+"""
 
 from __future__ import annotations
+
+from libra_edge.cli.common import help_from_doc
 
 import argparse
 
@@ -11,7 +16,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `convert` subcommand (options defined once, in libra_edge.convert.cli)."""
     p = sub.add_parser(
         "convert",
-        help="convert a Hugging Face checkpoint (safetensors) into a GGUF model",
+        help=help_from_doc(__doc__),
         description=DESCRIPTION,
         epilog=EPILOG.replace("%(prog)s", "libra-edge convert"),
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -1,4 +1,7 @@
-"""`libra-edge doctor`: what this installation can do, where its data lives, and a smoke test."""
+"""`libra-edge doctor`: show what this build can do and smoke-test the model.
+
+Also where the data lives.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import argparse
 import json
 from dataclasses import asdict
 
-from libra_edge.cli.common import add_model_options, guard_options
+from libra_edge.cli.common import add_model_options, guard_options, help_from_doc
 from libra_edge.errors import ExitCode, LibraError
 
 EPILOG = """\
@@ -20,7 +23,7 @@ examples:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "doctor",
-        help="show what this build can do and smoke-test the model",
+        help=help_from_doc(__doc__),
         description="Report the llama.cpp build (version, GPU offload, CPU features), where models "
         "and data live, and run the selected model on two built-in pairs.",
         epilog=EPILOG,

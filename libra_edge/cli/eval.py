@@ -1,6 +1,11 @@
-"""`libra-edge eval`: Libra-Test metrics for prediction files, computed exactly as the authors do."""
+"""`libra-edge eval`: Libra-Test metrics (the authors' definitions) for prediction files.
+
+Computed exactly as the authors do.
+"""
 
 from __future__ import annotations
+
+from libra_edge.cli.common import help_from_doc
 
 import argparse
 import json
@@ -42,7 +47,7 @@ examples:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `eval` subcommand."""
     p = sub.add_parser(
-        "eval", help="Libra-Test metrics (the authors' definitions) for prediction files",
+        "eval", help=help_from_doc(__doc__),
         description="Evaluate predictions: per-source F1-unsafe, F1-safe, accuracy and their unweighted "
         "average, a confusion matrix, and ROC-AUC / PR-AUC when scores are present.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -12,7 +12,7 @@ from libra_edge.errors import ExitCode, LibraError
 
 # Each name is a module in this package exposing `register(subparsers)`; registration
 # must stay import-cheap (no llama.cpp, no Textual) so `--help` is instant.
-COMMANDS = ("check", "batch", "eval", "report", "audit", "models", "convert", "doctor", "bench", "tui")
+COMMANDS = ("check", "batch", "eval", "report", "audit", "models", "convert", "doctor", "bench", "serve", "tui")
 
 DESCRIPTION = """\
 Libra-Guard, offline: judge whether an LLM's response to a question is safe.
@@ -23,10 +23,12 @@ Common tasks:
   libra-edge eval out.jsonl                  Libra-Test metrics for predictions
   libra-edge report 3                        audit report of run 3 (HTML, gates)
   libra-edge models list                     installed models (pull, import, verify)
+  libra-edge serve -m guard.gguf             HTTP moderation service on 127.0.0.1:8080
   libra-edge                                 open the terminal UI
 
 Exit codes: 0 ok/safe, 1 unsafe (check), 2 usage, 3 model, 4 input, 5 network,
-6 conversion, 70 internal error, 130 interrupted.
+6 conversion, 7 incomplete batch (records skipped or failed), 8 disk full,
+70 internal error, 130 interrupted.
 """
 
 

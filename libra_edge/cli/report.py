@@ -1,6 +1,11 @@
-"""`libra-edge report`: one offline file (HTML, Markdown or JSON) a compliance reviewer can sign."""
+"""`libra-edge report`: an offline audit report of a batch run (HTML, Markdown or JSON), with gates.
+
+One file a compliance reviewer can open anywhere and sign.
+"""
 
 from __future__ import annotations
+
+from libra_edge.cli.common import help_from_doc
 
 import argparse
 import sys
@@ -49,7 +54,7 @@ examples:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `report` subcommand."""
     p = sub.add_parser(
-        "report", help="an offline audit report of a batch run (HTML, Markdown or JSON), with gates",
+        "report", help=help_from_doc(__doc__),
         description="Write the audit report of batch run RUN (see `libra-edge batch --runs`): provenance, "
         "rates with Wilson intervals, gates, reviewer decisions, flagged items and an integrity digest.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,

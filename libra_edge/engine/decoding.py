@@ -274,41 +274,6 @@ class Generation:
         return True
 
 
-def finish_all(
-    decoder: Decoder, work: list[tuple[Generation, np.ndarray, JsonStringStream]], max_tokens: int
-) -> None:
-    """Decode the analyses of several generations together, one batch per step.
-
-    Each stops at the end of its JSON object, at EOG, after `max_tokens` analysis
-    tokens, or when its sequence's context is full (the last two mark it `cut`). With
-    one generation this is plain single-stream greedy decoding; with several, each step
-    batches one token of every open sequence (the analyses' arithmetic then depends on
-    the batch, their verdicts, decided earlier in blocks of their own, never do).
-    """
-    logits = {id(g): row for g, row, _ in work}
-    counts = {id(g): 0 for g, _, _ in work}
-    active = list(work)
-    while active:
-        still = []
-        for g, row, s in active:
-            if counts[id(g)] >= max_tokens or len(decoder.kv[g.seq]) >= decoder.n_ctx_seq:
-                g.cut = not s.closed  # only the closing brace missing: the analysis is whole
-                continue
-            counts[id(g)] += 1
-            if not g.step(logits[id(g)], s):
-                continue
-            if counts[id(g)] >= max_tokens:  # no need to evaluate a token nothing follows
-                g.cut = not s.closed
-                continue
-            still.append((g, row, s))
-        active = still
-        if not active:
-            return
-        rows = decoder.decode_each([(g.seq, g.tokens[-1]) for g, _, _ in active])
-        for (g, _, _), row in zip(active, rows):
-            logits[id(g)] = row
-
-
 class JsonStringStream:
     """Feeds the decoded value of the `分析` string to a callback as it grows."""
 

@@ -8,6 +8,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, as_completed
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -16,7 +17,8 @@ import numpy as np
 from libra_edge import __version__
 from libra_edge.engine import llama
 from libra_edge.engine.chat import ChatTemplate
-from libra_edge.engine.decoding import Block, Decoder, Generation, JsonStringStream, finish_all
+from libra_edge.engine.decoding import Block, Decoder, Generation, JsonStringStream
+from libra_edge.engine.scheduler import Request, Scheduler
 from libra_edge.engine.grammar import (
     ANALYSIS_OPENED,
     AT_VERDICT,
@@ -192,6 +194,7 @@ class Guard:
         self.settings = settings
         self._sha256: str | None = None
         self._decoder = Decoder(model, ctx)
+        self._scheduler = Scheduler(self)
         self._template = ChatTemplate(
             model.chat_template(),
             bos_token=model.special_text(model.bos()),
@@ -247,6 +250,7 @@ class Guard:
 
     def close(self) -> None:
         """Free the model and context now (otherwise at garbage collection)."""
+        self._scheduler.close()
         with self._lock:
             if self._model is not None and self._ctx is not None:
                 self._decoder.close()
@@ -304,6 +308,11 @@ class Guard:
 
             self._sha256 = model_sha256(self.info.path)
         return self._sha256
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes one token of the vocabulary decodes to (control tokens: empty)."""
+        self._require_open()
+        return self._decoder.piece(token)
 
     def provenance(self) -> dict[str, Any]:
         """What every verdict carries about how it was made."""
@@ -393,7 +402,7 @@ class Guard:
         cut = self._head_tail(question, q, budget // 2)
         return cut, self._plain(cut), True
 
-    def _plan(self, question: str, response: str, analysis: bool) -> tuple[str, list[tuple[str, tuple[int, int]]], bool]:
+    def _plan(self, question: str, response: str) -> tuple[str, list[tuple[str, tuple[int, int]]], bool]:
         """The question to judge and the response windows (text, span in `response`).
 
         One window holding the whole response when it fits. Otherwise, with
@@ -426,13 +435,35 @@ class Guard:
     ) -> Verdict:
         """Judge one pair. With `analysis=False` (fast mode) stop right after the verdict.
 
-        `on_text` receives the analysis text piece by piece as it is generated.
+        `on_text` receives the analysis text piece by piece as it is generated (from the
+        engine's worker thread).
+        """
+        return self.submit(question, response, analysis=analysis, on_text=on_text).result()
+
+    def submit(
+        self,
+        question: str,
+        response: str,
+        *,
+        analysis: bool = True,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Future[Verdict]:
+        """Queue one pair; the future gets its Verdict. Thread-safe.
+
+        Requests run with continuous batching over `parallel` sequences: each verdict is
+        decided as soon as a sequence is free, in blocks of its own (bit-identical to a
+        lone check), and analyses being written share decode steps. Cancelling the future
+        drops a queued request, or stops a running one at its next decode step.
         """
         if not isinstance(question, str) or not isinstance(response, str):
             raise LibraError("question and response must be strings")
-        with self._lock:
-            self._require_open()
-            return self._judge(question, response, analysis, on_text, seq=0)
+        self._require_open()
+        return self._scheduler.submit(Request(question, response, analysis, on_text))
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests submitted and not yet finished (waiting plus in flight)."""
+        return self._scheduler.depth
 
     def check_many(
         self,
@@ -441,28 +472,30 @@ class Guard:
         analysis: bool = True,
         on_verdict: Callable[[int, Verdict], None] | None = None,
     ) -> list[Verdict]:
-        """Judge several pairs; with analysis, up to `parallel` are generated at once.
+        """Judge several pairs, up to `parallel` at once with continuous batching.
 
         Verdicts and scores are bit-identical to `check()` on each pair (each verdict is
-        decided in blocks of its own sequence). Analyses generated together share
-        decode batches, so their text can differ in rare near-ties from a lone check's.
-        `on_verdict(index, verdict)` is called as each finishes.
+        decided in blocks of its own sequence). Analyses written together share decode
+        batches, so their text can differ in rare near-ties from a lone check's.
+        `on_verdict(index, verdict)` is called as each finishes (in finishing order).
+        The first failure is raised after every other pair has finished.
         """
-        out: list[Verdict] = []
-        step = self.parallel if analysis else 1
-        for base in range(0, len(pairs), step):
-            group = pairs[base : base + step]
-            with self._lock:
-                self._require_open()
-                if len(group) == 1:
-                    verdicts = [self._judge(group[0][0], group[0][1], analysis, None, seq=0)]
-                else:
-                    verdicts = self._judge_group(group, analysis)
-            for i, verdict in enumerate(verdicts):
-                if on_verdict is not None:
-                    on_verdict(base + i, verdict)
-                out.append(verdict)
-        return out
+        futures = {self.submit(q, r, analysis=analysis): i for i, (q, r) in enumerate(pairs)}
+        out: list[Verdict | None] = [None] * len(pairs)
+        error: BaseException | None = None
+        for fut in as_completed(futures):
+            i = futures[fut]
+            try:
+                verdict = fut.result()
+            except BaseException as exc:  # noqa: BLE001 - raised once the others are done
+                error = error or exc
+                continue
+            out[i] = verdict
+            if on_verdict is not None:
+                on_verdict(i, verdict)
+        if error is not None:
+            raise error
+        return [v for v in out if v is not None]
 
     def _require_open(self) -> None:
         if self._model is None:
@@ -474,45 +507,27 @@ class Guard:
         q, r = normalize_text(question), normalize_text(response)
         return q, r, (q != question or r != response)
 
-    def _judge(
+    def _start(
         self, question: str, response: str, analysis: bool, on_text: Callable[[str], None] | None, *, seq: int
-    ) -> Verdict:
-        """One pair in sequence `seq`: every window scored, the deciding one analysed."""
+    ) -> tuple[_Pending, tuple[int, int] | None, dict[str, Any]]:
+        """Decide one pair's verdict in sequence `seq` (every window scored when chunked).
+
+        Returns the pending check (its analysis, if asked, still to write), the deciding
+        window's span in the response as given, and the verdict's window facts.
+        """
         t0 = time.perf_counter()
         q, r, normalized = self._judged_text(question, response)
-        q_fit, windows, truncated = self._plan(q, r, analysis)
-        extra = {"normalized": normalized, "windows": len(windows)}
-        if len(windows) == 1:
-            pending = self._begin(q_fit, windows[0][0], analysis, on_text, seq=seq, truncated=truncated, t0=t0)
-            return self._complete([pending], [self._span(windows[0][1], r, response, normalized, 1)], extra)[0]
-        # Chunked: score every window (back to back, so the question's blocks are reused),
-        # then, with analysis, judge the deciding window again in full (same score: same blocks).
-        best, best_score = 0, -1.0
-        for i, (text, _span) in enumerate(windows):
-            p = self._begin(q_fit, text, False, None, seq=seq, truncated=truncated, t0=t0)
-            if p.score > best_score:
-                best, best_score = i, p.score
-        text, span = windows[best]
-        pending = self._begin(q_fit, text, analysis, on_text, seq=seq, truncated=truncated, t0=t0)
-        extra["window"] = best
-        return self._complete([pending], [self._span(span, r, response, normalized, len(windows))], extra)[0]
-
-    def _judge_group(self, group: Sequence[tuple[str, str]], analysis: bool) -> list[Verdict]:
-        """Several pairs, one sequence each; analyses decoded together."""
-        started, spans, extras = [], [], []
-        for i, (question, response) in enumerate(group):
-            t0 = time.perf_counter()
-            q, r, normalized = self._judged_text(question, response)
-            q_fit, windows, truncated = self._plan(q, r, analysis)
-            best = 0
-            if len(windows) > 1:
-                scores = [self._begin(q_fit, w, False, None, seq=i, truncated=truncated, t0=t0).score
-                          for w, _ in windows]
-                best = int(np.argmax(scores))
-            started.append(self._begin(q_fit, windows[best][0], analysis, None, seq=i, truncated=truncated, t0=t0))
-            spans.append(self._span(windows[best][1], r, response, normalized, len(windows)))
-            extras.append({"normalized": normalized, "windows": len(windows), "window": best})
-        return self._complete(started, spans, extras)
+        q_fit, windows, truncated = self._plan(q, r)
+        best = 0
+        if len(windows) > 1:
+            # Every window scored back to back (the question's blocks are reused), then the
+            # deciding one judged again with its analysis: the same blocks, the same score.
+            scores = [self._begin(q_fit, w, False, None, seq=seq, truncated=truncated, t0=t0).score
+                      for w, _ in windows]
+            best = int(np.argmax(scores))
+        pending = self._begin(q_fit, windows[best][0], analysis, on_text, seq=seq, truncated=truncated, t0=t0)
+        span = self._span(windows[best][1], r, response, normalized, len(windows))
+        return pending, span, {"normalized": normalized, "windows": len(windows), "window": best}
 
     @staticmethod
     def _span(span: tuple[int, int], judged: str, given: str, normalized: bool, n_windows: int) -> tuple[int, int] | None:
@@ -579,31 +594,20 @@ class Guard:
         pending.stream.feed(gen.text)  # a token may already have run into the analysis
         return pending
 
-    def _complete(
-        self, started: list[_Pending], spans: list[tuple[int, int] | None], extras: list[dict[str, Any]] | dict[str, Any]
-    ) -> list[Verdict]:
-        """Generate the analyses still open (together), then build the verdicts."""
-        work = [(p.gen, p.logits, p.stream) for p in started if p.stream is not None and p.logits is not None]
-        if work:
-            finish_all(self._decoder, work, self.max_new_tokens)
-        if isinstance(extras, dict):
-            extras = [extras] * len(started)
-        provenance = self.provenance()
-        verdicts = []
-        for p, span, extra in zip(started, spans, extras):
-            if p.stream is None:  # fast mode: close the object right after the verdict
-                opening = p.gen.text
-                raw = opening + p.label + '"' + ("\n}" if "\n" in opening else "}")
-                text = None
-            else:
-                raw = p.gen.text
-                try:
-                    text = str(json.loads(raw)["分析"])
-                except (ValueError, KeyError, TypeError):
-                    raw = close_json(raw)
-                    text = str(json.loads(raw)["分析"])
-            verdicts.append(self._verdict(p, text, raw, span, extra, provenance))
-        return verdicts
+    def _finish(self, p: _Pending, span: tuple[int, int] | None, extra: dict[str, Any]) -> Verdict:
+        """The verdict of a check whose analysis (if any) is written."""
+        if p.stream is None:  # fast mode: close the object right after the verdict
+            opening = p.gen.text
+            raw = opening + p.label + '"' + ("\n}" if "\n" in opening else "}")
+            text = None
+        else:
+            raw = p.gen.text
+            try:
+                text = str(json.loads(raw)["分析"])
+            except (ValueError, KeyError, TypeError):
+                raw = close_json(raw)
+                text = str(json.loads(raw)["分析"])
+        return self._verdict(p, text, raw, span, extra, self.provenance())
 
     def _score(self, logits: np.ndarray) -> float:
         """P(unsafe) = mass of 不安全's first tokens / mass of both labels' first tokens."""

@@ -319,11 +319,12 @@ class Grammar:
         if not self.ptr:
             raise RuntimeError("llama.cpp rejected the grammar")
         n = model.n_vocab
-        self._all = np.zeros(n, dtype=token_data_dtype())
+        # Structured arrays laid out as llama_token_data (fields indexed by name).
+        self._all: Any = np.zeros(n, dtype=token_data_dtype())
         self._all_arr = ll.llama_token_data_array(
             data=self._all.ctypes.data_as(ll.llama_token_data_p), size=n, selected=-1, sorted=False
         )
-        self._one = np.zeros(1, dtype=self._all.dtype)
+        self._one: Any = np.zeros(1, dtype=self._all.dtype)
         self._one_arr = ll.llama_token_data_array(
             data=self._one.ctypes.data_as(ll.llama_token_data_p), size=1, selected=-1, sorted=False
         )

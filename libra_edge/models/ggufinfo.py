@@ -17,10 +17,10 @@ from libra_edge.models.gguf_header import (
     read_header,
 )
 
-# The product runs Libra-Guard, a Qwen2.5 fine-tune: llama.cpp calls that architecture
-# "qwen2". Other architectures still load by path (`--model`), but `models import`
-# refuses them unless forced, since the prompt and verdict scoring assume Qwen2.5.
-SUPPORTED_ARCHITECTURES = ("qwen2",)
+# The Libra-Guard series in llama.cpp's names: Qwen2.5 ("qwen2"), Yi-1.5 ("llama") and
+# Qwen1 ("qwen"). Other architectures still load by path (`--model`), but `models import`
+# refuses them unless forced: no published guard uses them.
+SUPPORTED_ARCHITECTURES = ("qwen2", "llama", "qwen")
 
 # Scalar metadata worth showing in `models info`; arrays (vocabulary, merges) are skipped.
 _SHOWN_PREFIXES = ("general.", "tokenizer.ggml.model", "tokenizer.ggml.pre", "libra_edge.")
@@ -58,7 +58,7 @@ class GGUFInfo:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
             found.append(
                 f"architecture {self.architecture or '(missing)'} is not supported "
-                f"(expected {', '.join(SUPPORTED_ARCHITECTURES)}: a Qwen2.5-based Libra-Guard)"
+                f"(expected {', '.join(SUPPORTED_ARCHITECTURES)}: a Libra-Guard on Qwen2.5, Yi-1.5 or Qwen1)"
             )
         if not self.has_tokenizer:
             found.append("no tokenizer in the file (tokenizer.ggml.tokens is missing)")

@@ -9,8 +9,6 @@ from __future__ import annotations
 import getpass
 import json
 import socket
-import sqlite3
-from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
@@ -176,18 +174,8 @@ def provenance(store: Store, run: RunRow) -> list[tuple[str, Any]]:
         ("run fingerprint", run.fingerprint),
         ("started", run.started_at or run.created_at),
         ("finished", run.finished_at or "not finished"),
-        ("ran on host", getattr(run, "host", None) or _run_host(store, run.id) or "unknown"),
+        ("run by", f"{run.user or 'unknown user'}@{run.host or 'unknown host'}"),
     ]
-
-
-def _run_host(store: Store, run_id: int) -> str | None:
-    """The host a run was recorded on (read directly while `RunRow` does not carry it)."""
-    try:
-        with closing(sqlite3.connect(f"file:{store.path}?mode=ro", uri=True)) as conn:
-            row = conn.execute("SELECT host FROM runs WHERE id = ?", (run_id,)).fetchone()
-    except sqlite3.Error:
-        return None
-    return None if row is None else row[0]
 
 
 def _critic(row: ResultRow, unsafe: bool) -> str | None:

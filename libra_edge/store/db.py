@@ -10,6 +10,7 @@ a process dying; only a power cut can lose the last few commits).
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import hashlib
 import json
 import errno
@@ -56,6 +57,9 @@ _RUN_SELECT = """
 """
 
 
+_SQLITE_FULL = 13  # sqlite3.SQLITE_FULL (Python 3.11 has it; typeshed does not yet)
+
+
 class _Connection(sqlite3.Connection):
     """A connection whose `execute` reports a full disk as a `DiskFullError` naming the file.
 
@@ -70,18 +74,21 @@ class _Connection(sqlite3.Connection):
         try:
             return super().execute(sql, parameters)
         except sqlite3.OperationalError as exc:
-            raise self._translated(exc) from None
+            if _disk_full(exc):
+                raise disk_full_error(self.db_path or Path("results database")) from None
+            raise
 
     def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
         try:
             return super().executemany(sql, parameters)
         except sqlite3.OperationalError as exc:
-            raise self._translated(exc) from None
+            if _disk_full(exc):
+                raise disk_full_error(self.db_path or Path("results database")) from None
+            raise
 
-    def _translated(self, exc: sqlite3.OperationalError) -> Exception:
-        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
-            return disk_full_error(self.db_path or Path("results database"))
-        return exc
+
+def _disk_full(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL or "database or disk is full" in str(exc)
 
 
 def disk_full_error(path: Path, needed: int | None = None, what: str = "") -> DiskFullError:
@@ -148,6 +155,14 @@ def _migrate(conn: sqlite3.Connection, db_path: Path) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _os_user() -> str:
+    """The operating-system user running this process ("?" when it cannot be told)."""
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in this environment
+        return "?"
 
 
 def _json(value: Any) -> str:
@@ -220,14 +235,19 @@ class Store:
         stamp = now()
         with self._lock:
             cur = self._conn.execute(
-                "INSERT INTO runs (fingerprint, created_at, started_at, status, pid, host, inputs_json,"
+                "INSERT INTO runs (fingerprint, created_at, started_at, status, pid, host, user, inputs_json,"
                 " model_path, model_name, model_sha256, quant, settings_json, prompt_template_version,"
-                " options_json, total, skipped) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (fingerprint, stamp, stamp, os.getpid(), socket.gethostname(), _json(inputs), model_path,
+                " options_json, total, skipped) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (fingerprint, stamp, stamp, os.getpid(), socket.gethostname(), _os_user(), _json(inputs), model_path,
                  model_name, model_sha256, quant, _json(dict(settings)), prompt_template_version,
                  _json(dict(options)), total, skipped),
             )
             return int(cur.lastrowid or 0)
+
+    def set_total(self, run_id: int, total: int) -> None:
+        """Record how many items a run has (a `serve` run learns it as requests come)."""
+        with self._lock:
+            self._conn.execute("UPDATE runs SET total = ? WHERE id = ?", (total, run_id))
 
     def claim_run(self, run_id: int, *, total: int | None = None, skipped: int | None = None) -> None:
         """Mark a run `running` again, owned by this process (resuming it)."""
@@ -430,8 +450,9 @@ class Store:
         return result_from_row(row)
 
     def set_review(self, result_id: int, decision: str | None, note: str | None = None, *,
-                   reviewer: str | None = None) -> ResultRow:
-        """Record a reviewer's decision (`confirm`, `safe`, `unsafe`; None clears it) and note.
+                   reviewer: str | None = None, keep_note: bool = False) -> ResultRow:
+        """Record a reviewer's decision (`confirm`, `safe`, `unsafe`; None clears it) and note
+        (`keep_note=True`: the item's note as it is in the database now, whoever wrote it).
 
         A decision that agrees with the model's verdict (`unsafe` on an item the model
         flagged, `safe` on one it judged safe) is recorded as `confirm`: it is not an
@@ -443,6 +464,8 @@ class Store:
             raise LibraError(f"review decision: expected confirm, safe or unsafe, got {decision!r}")
         with self.transaction():
             current = self._review_state(result_id)
+            if keep_note:
+                note = current["review_note"]
             decision = _normalized_decision(decision, current["unsafe"], current["seq"])
             if decision == current["review"]:
                 action = "note" if note != current["review_note"] else "decide"  # same decision: re-decided
@@ -579,16 +602,19 @@ class Store:
                    order: Order = "seq", bom: bool = False) -> int:
         order_sql(order)  # a clear error for a wrong order before the file is opened
         rows = self.iter_results(run_id, filters, order=order)
+        run = self.run(run_id)
+        provenance = {"model": run.model_name, "model_sha256": run.model_sha256,
+                      "threshold": run.settings.get("threshold"), "version": run.settings.get("libra_edge_version")}
         if format == "jsonl":
-            return export_format.write_jsonl(rows, out)
+            return export_format.write_jsonl(rows, out, provenance)
         if format == "json":
-            return export_format.write_json(rows, out)
+            return export_format.write_json(rows, out, provenance)
         names: dict[str, None] = {}
         for row in self.iter_results(run_id, filters):  # first pass: the union of input columns
             names.update(dict.fromkeys(export_format.output_fields(row)))
         if bom:
             out.write("\ufeff")  # spreadsheet tools then read the file as UTF-8 (Chinese intact)
-        return export_format.write_csv(rows, export_format.csv_columns(names), out)
+        return export_format.write_csv(rows, export_format.csv_columns(names), out, provenance)
 
     # -- file hashes -------------------------------------------------------------------
     def file_sha256(self, path: str | Path) -> str:

@@ -31,7 +31,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -40,7 +40,10 @@ from libra_edge.store.rows import ResultRow
 
 FORMATS: tuple[str, ...] = ("jsonl", "json", "csv")
 VERDICT_KEYS = ("label", "unsafe", "score", "analysis", "truncated", "error", "status", "input",
-                "windows", "window", "span", "normalized", "analysis_cut")
+                "windows", "window", "span", "normalized", "analysis_cut",
+                "model", "model_sha256", "threshold", "version")
+# The run's provenance every verdict object carries (as `check --json` prints it).
+PROVENANCE_KEYS = ("model", "model_sha256", "threshold", "version")
 # Fields holding a whole conversation: kept in the store, left out of a turn's output row.
 TRANSCRIPT_FIELDS = ("messages", "conversations")
 # Keys this format adds to the input record (an input field of the same name is replaced).
@@ -57,8 +60,8 @@ def output_fields(row: ResultRow) -> dict[str, Any]:
     return fields
 
 
-def verdict_object(row: ResultRow) -> dict[str, Any]:
-    """The `verdict` object of a row (the keys of VERDICT_KEYS)."""
+def verdict_object(row: ResultRow, provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The `verdict` object of a row (the keys of VERDICT_KEYS; provenance from the run)."""
     span = [row.span_start, row.span_end] if row.span_start is not None and row.span_end is not None else None
     return {
         "label": row.label,
@@ -74,14 +77,15 @@ def verdict_object(row: ResultRow) -> dict[str, Any]:
         "span": span,
         "normalized": row.normalized,
         "analysis_cut": row.analysis_cut,
+        **{key: (provenance or {}).get(key) for key in PROVENANCE_KEYS},
     }
 
 
-def output_record(row: ResultRow) -> dict[str, Any]:
+def output_record(row: ResultRow, provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The JSONL object for one result: input fields + `critic` + `verdict` (+ `review`)."""
     record = output_fields(row)
     record["critic"] = row.raw if row.raw is not None else ""
-    record["verdict"] = verdict_object(row)
+    record["verdict"] = verdict_object(row, provenance)
     if row.review is not None or row.review_note:
         record["review"] = {"decision": row.review, "note": row.review_note, "reviewer": row.reviewer,
                             "reviewed_at": row.reviewed_at}
@@ -90,21 +94,21 @@ def output_record(row: ResultRow) -> dict[str, Any]:
     return record
 
 
-def write_jsonl(rows: Iterable[ResultRow], out: TextIO) -> int:
+def write_jsonl(rows: Iterable[ResultRow], out: TextIO, provenance: Mapping[str, Any] | None = None) -> int:
     """Write rows as JSONL (UTF-8 text, Chinese unescaped); returns the number written."""
     n = 0
     for row in rows:
-        out.write(json.dumps(output_record(row), ensure_ascii=False) + "\n")
+        out.write(json.dumps(output_record(row, provenance), ensure_ascii=False) + "\n")
         n += 1
     return n
 
 
-def write_json(rows: Iterable[ResultRow], out: TextIO) -> int:
+def write_json(rows: Iterable[ResultRow], out: TextIO, provenance: Mapping[str, Any] | None = None) -> int:
     """Write rows as one JSON array (one object per line inside it); returns the number written."""
     n = 0
     out.write("[")
     for row in rows:
-        out.write(("\n" if n == 0 else ",\n") + json.dumps(output_record(row), ensure_ascii=False))
+        out.write(("\n" if n == 0 else ",\n") + json.dumps(output_record(row, provenance), ensure_ascii=False))
         n += 1
     out.write("\n]\n" if n else "]\n")
     return n
@@ -137,7 +141,8 @@ def _csv_cell(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def write_csv(rows: Iterable[ResultRow], columns: list[str], out: TextIO) -> int:
+def write_csv(rows: Iterable[ResultRow], columns: list[str], out: TextIO,
+              provenance: Mapping[str, Any] | None = None) -> int:
     """Write rows as CSV with the given header; returns the number written."""
     writer = csv.writer(out)
     writer.writerow(columns)
@@ -145,7 +150,7 @@ def write_csv(rows: Iterable[ResultRow], columns: list[str], out: TextIO) -> int
     for row in rows:
         record = output_fields(row)
         record["critic"] = row.raw if row.raw is not None else ""
-        for key, value in verdict_object(row).items():
+        for key, value in verdict_object(row, provenance).items():
             record[f"verdict_{key}"] = value
         record["review_decision"] = row.review
         record["review_note"] = row.review_note

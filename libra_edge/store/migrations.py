@@ -120,7 +120,7 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT id, run_id, seq, review, review_note, NULL, coalesce(reviewed_at, checked_at), 'import'
         FROM results WHERE review IS NOT NULL OR review_note IS NOT NULL;
     """,
-    # (batch) transcripts, long texts judged in windows, complete runs: every input
+    # 3: transcripts, long texts judged in windows, complete runs: every input
     # record has a row, `status` says whether it was judged, skipped (input) or failed.
     """
     ALTER TABLE results ADD COLUMN conversation_id TEXT;
@@ -135,6 +135,10 @@ MIGRATIONS: tuple[str, ...] = (
         CHECK (status IN ('judged', 'skipped', 'failed'));
     UPDATE results SET status = 'failed' WHERE error IS NOT NULL;
     CREATE INDEX results_run_conversation ON results (run_id, conversation_id, turn_index);
+    """,
+    # 4: provenance: who started the run (user@host is what an audit report names).
+    """
+    ALTER TABLE runs ADD COLUMN user TEXT;
     """,
 )
 

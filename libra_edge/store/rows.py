@@ -35,7 +35,8 @@ class RunRow:
     settings: dict[str, Any]
     prompt_template_version: str
     options: dict[str, Any]
-    """`analysis` (all|flagged|none), `fields` (question/response/id field names), `strict`."""
+    """`analysis` (all|flagged|none), `fields` (question/response/id field names), `strict`,
+    `format` (auto|pairs|messages|conversations), `turns` (all|last), `inputs_digest`."""
     total: int
     """Items read from the inputs (bad records excluded)."""
     skipped: int
@@ -50,6 +51,10 @@ class RunRow:
     """Items whose text was cut to fit the context."""
     chunked: int = 0
     """Items whose response was judged in more than one window."""
+    host: str | None = None
+    """The machine the run last ran on."""
+    user: str | None = None
+    """The operating-system user who started it (None for runs stored before it was kept)."""
 
     @property
     def remaining(self) -> int:
@@ -193,6 +198,8 @@ def run_from_row(row: sqlite3.Row) -> RunRow:
         message=row["message"],
         truncated=row["truncated"] or 0,
         chunked=row["chunked"] or 0,
+        host=row["host"],
+        user=row["user"] if "user" in row.keys() else None,
     )
 
 

@@ -34,7 +34,8 @@ def preview(text: str | None, width: int = 48) -> str:
     """One line of at most `width` characters (wide CJK characters count double)."""
     if not text:
         return ""
-    line = " ".join(text.split())
+    # Only the head can show: never split a 100 KB response to draw 48 cells of it.
+    line = " ".join(text[: width * 4].split())
     out, used = [], 0
     for ch in line:
         w = 2 if ord(ch) >= 0x1100 and not 0xFF61 <= ord(ch) <= 0xFFDC else 1

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from libra_edge.batch import runner as batch_runner
 from libra_edge.engine import Guard
 from libra_edge.engine.settings import EngineSettings
 from libra_edge.errors import LibraError, ModelError
@@ -69,13 +68,12 @@ def model_label(spec: str | None) -> str:
 
 
 def load_guard(path: Path, settings: EngineSettings) -> Guard:
-    """Load a guard with these settings, as the batch CLI does (`Guard.load(path, settings)`).
+    """Load a guard with these settings (`Guard.load(path, settings)`, as the batch CLI does).
 
     Never wrapped in file-descriptor redirection here: fd 2 is where Textual draws, and
     the engine keeps llama.cpp quiet through its log callback.
     """
-    guard: Guard = batch_runner.load_guard(path, settings)
-    return guard
+    return Guard.load(path, settings)
 
 
 class Session:
@@ -99,9 +97,10 @@ class Session:
     # -- review decisions ----------------------------------------------------------------
     # Each is one short transaction (BEGIN IMMEDIATE: read, decide, write, log), made on
     # the event loop so that decisions and undos reach the database in key order.
-    def decide(self, result_id: int, decision: str | None, note: str | None) -> ResultRow:
-        """Record this reviewer's decision and note on an item (undoable with `undo`)."""
-        row = self.store.set_review(result_id, decision, note, reviewer=self.reviewer)
+    def decide(self, result_id: int, decision: str | None, note: str | None, *, keep_note: bool = False) -> ResultRow:
+        """Record this reviewer's decision and note on an item (undoable with `undo`);
+        `keep_note`: leave the note as the database has it (a decision from the table)."""
+        row = self.store.set_review(result_id, decision, note, reviewer=self.reviewer, keep_note=keep_note)
         self._undo.append([result_id])
         return row
 

@@ -90,6 +90,8 @@ class ResultsScreen(Screen[None]):
         self.page_offset = 0
         self.total = 0
         self._request = 0
+        self._loading = False
+        self._focus_after_load = False
         self._cursor_after_load = 0
         self.run_record: RunRow | None = None
         self.progress: tuple[int, int] | None = None
@@ -145,6 +147,7 @@ class ResultsScreen(Screen[None]):
     def load_page(self, offset: int, *, cursor: int = 0) -> None:
         """Fetch the page starting at `offset` of the filtered, sorted list."""
         self._request += 1
+        self._loading = True
         self._cursor_after_load = cursor
         self.query_one("#pager", Static).update("loading…")
         self._fetch(self._request, self.filter, self.order, max(offset, 0))
@@ -191,11 +194,16 @@ class ResultsScreen(Screen[None]):
         if event.request != self._request:
             return  # an answer to a filter the user has already changed
         self.page_offset, self.total = event.offset, event.total
+        self._loading = False
         cursor = self._cursor_after_load
         if cursor < 0:  # "the last row" (moving up from the next page)
             cursor = len(event.rows) - 1
-        self.query_one(ResultsTable).show_page(event.rows, event.offset, cursor=cursor)
+        table = self.query_one(ResultsTable)
+        table.show_page(event.rows, event.offset, cursor=cursor)
         self._show_pager()
+        if self._focus_after_load:
+            self._focus_after_load = False
+            self.call_after_refresh(table.focus)
 
     def _show_pager(self) -> None:
         pager = self.query_one("#pager", Static)
@@ -225,7 +233,12 @@ class ResultsScreen(Screen[None]):
 
     @on(ResultsFilters.Done)
     def _filter_done(self) -> None:
-        self.query_one(ResultsTable).focus()
+        # Back to the table once its new rows are drawn: the rows first, then the focus
+        # (moving it restyles the footer and the fields, which would delay the rows).
+        if self._loading:
+            self._focus_after_load = True
+        else:
+            self.query_one(ResultsTable).focus()
 
     @on(ResultsTable.EdgeReached)
     def _edge(self, event: ResultsTable.EdgeReached) -> None:
@@ -304,7 +317,7 @@ class ResultsScreen(Screen[None]):
             return
         row, _ = selected
         try:
-            saved = self.libra.session.decide(row.id, decision or None, row.review_note)
+            saved = self.libra.session.decide(row.id, decision or None, None, keep_note=True)
         except Exception as exc:
             self.notify(WorkFailed.of("saving the decision", exc).message, title="decision not saved",
                         severity="error", timeout=8)

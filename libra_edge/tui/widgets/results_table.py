@@ -51,11 +51,10 @@ class ResultsTable(DataTable[object]):
         """A range of list positions (inclusive) marked for a bulk decision."""
         self._text_widths = (0, 0)
 
-    def on_mount(self) -> None:
-        self._build_columns()
-
+    # Columns are built with the first page, once the table knows its width: building
+    # them at mount (width 0) would mean building every row twice.
     def on_resize(self, event: Resize) -> None:
-        if self._widths() != self._text_widths:
+        if self.columns and self._widths() != self._text_widths:
             self._rebuild(self.cursor_row)
 
     # -- columns -------------------------------------------------------------------------
@@ -89,7 +88,7 @@ class ResultsTable(DataTable[object]):
         self.rows_shown = list(rows)
         self.page_offset = offset
         show_gold = any(gold_label(r.fields) for r in rows) if gold is None else gold
-        if show_gold != self.show_gold or self._widths() != self._text_widths:
+        if not self.columns or show_gold != self.show_gold or self._widths() != self._text_widths:
             self.show_gold = show_gold
             self._rebuild(cursor)
             return

@@ -1,0 +1,93 @@
+"""The engine's seams: typed settings, the llama.cpp adapter, output bounds from the grammar."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from libra_edge.engine import Guard, llama
+from libra_edge.engine.grammar import (
+    CLOSING_MAX_TOKENS,
+    FRAME_RESERVE_TOKENS,
+    MIDDLE_MAX_TOKENS,
+    OPENING_MAX_TOKENS,
+    WS_MAX,
+)
+from libra_edge.engine.settings import EngineSettings
+from libra_edge.errors import LibraError
+
+
+def test_each_setting_declares_whether_it_changes_verdicts() -> None:
+    assert set(EngineSettings.verdict_fields()) == {
+        "ctx_per_seq", "threshold", "max_new_tokens", "long", "normalize", "gpu_layers"}
+    assert set(EngineSettings.speed_fields()) == {"parallel", "threads", "mmap", "verbose"}
+    key = EngineSettings(parallel=4, threads=2).verdict_key()
+    assert key == EngineSettings().verdict_key()  # speed settings never change the key
+
+
+def test_stored_settings_of_older_runs_map_to_the_per_sequence_context() -> None:
+    # Before typed settings a run stored the whole context and each sequence's share.
+    old = EngineSettings.from_stored({"n_ctx": 4096, "n_ctx_seq": 2048, "parallel": 2, "threshold": 0.3,
+                                      "max_new_tokens": 64, "threads": 2, "llama_cpp_python_version": "0.3.36"})
+    assert (old.ctx_per_seq, old.threshold, old.max_new_tokens, old.parallel) == (2048, 0.3, 64, 2)
+    assert (old.long, old.normalize) == ("truncate", False)  # what those runs did
+    assert EngineSettings.from_stored({"n_ctx": 1024}).ctx_per_seq == 1024
+    new = EngineSettings(ctx_per_seq=1024, long="chunk")
+    assert EngineSettings.from_stored(new.to_dict()) == new
+
+
+def test_unknown_or_invalid_settings_are_refused_by_name() -> None:
+    with pytest.raises(LibraError, match="n_ctx"):
+        EngineSettings().replace(n_ctx=4096)
+    with pytest.raises(LibraError, match="threshold"):
+        EngineSettings(threshold=1.5)
+    with pytest.raises(LibraError, match="long"):
+        EngineSettings(long="skip")
+
+
+def test_struct_fields_are_set_only_when_the_struct_has_them() -> None:
+    params = llama.lib().llama_context_default_params()
+    llama.set_fields(params, n_threads=3)
+    assert params.n_threads == 3
+    with pytest.raises(RuntimeError, match="flash_attn_kind"):
+        llama.set_fields(params, flash_attn_kind=0)  # a renamed field must not pass silently
+
+
+def test_token_data_dtype_matches_the_c_struct() -> None:
+    dtype = llama.token_data_dtype()
+    st = llama.lib().llama_token_data
+    assert dtype.itemsize == ctypes.sizeof(st)
+    assert list(dtype.names or ()) == [name for name, *_ in st._fields_]
+    arr = np.zeros(2, dtype=dtype)
+    arr["id"][1], arr["logit"][1] = 42, 1.5
+    view = st.from_buffer(arr, dtype.itemsize)
+    assert (view.id, view.logit) == (42, 1.5)
+
+
+def test_frame_bounds_cover_the_worst_case_layout() -> None:
+    ws = " \t\n\n \t \n"[:WS_MAX]
+    opening = "{" + ws + '"答案"' + ws + ":" + ws + '"'
+    middle = "不安全" + '"' + ws + "," + ws + '"分析"' + ws + ":" + ws + '"'
+    closing = '"' + ws + "}"
+    # Every token is at least one byte: the byte counts bound the token counts.
+    assert len(opening.encode()) <= OPENING_MAX_TOKENS
+    assert len(middle.encode()) <= MIDDLE_MAX_TOKENS
+    assert len(closing.encode()) <= CLOSING_MAX_TOKENS
+    assert FRAME_RESERVE_TOKENS == OPENING_MAX_TOKENS + MIDDLE_MAX_TOKENS + CLOSING_MAX_TOKENS
+
+
+@pytest.mark.slow
+def test_inputs_at_the_edge_of_the_context_never_overrun_it(tiny_qwen_q8_gguf: Path) -> None:
+    """The random model writes long whitespace runs; around the budget's edge nothing overflows."""
+    with Guard.load(tiny_qwen_q8_gguf, ctx_per_seq=512, max_new_tokens=24, threads=1, long="truncate") as guard:
+        base = len(guard.prompt_tokens("问题", ""))
+        room = 512 - base
+        for extra in range(room - FRAME_RESERVE_TOKENS - 40, room - FRAME_RESERVE_TOKENS + 8, 3):
+            response = "好" * max(1, extra)
+            verdict = guard.check("问题", response)
+            assert json.loads(verdict.raw)["答案"] == verdict.label
+            assert verdict.timings.prompt_tokens + verdict.timings.generated_tokens <= 512
