@@ -113,6 +113,7 @@ def run_bench(
         for q, r in chosen[:full_pairs]:
             short.check(q, r, analysis=True)
         short_s = (time.perf_counter() - t) / max(1, full_pairs)
+    engine_peak = peak_rss_mb()  # before Llama maps its own copy of the weights
     say("llama-cpp-python's own Llama on the same prompt tokens")
     steps = min(64, max(8, gen_tokens // max(1, full_pairs)))
     bare_prefill, bare_decode = llama_seam.bare_loop(path, tokens, steps=steps, threads=threads)
@@ -131,5 +132,5 @@ def run_bench(
         full_cap_tokens=full_cap,
         bare_prefill_tok_s=bare_prefill,
         bare_decode_tok_s=bare_decode,
-        peak_rss_mb=peak_rss_mb(),
+        peak_rss_mb=engine_peak,
     )

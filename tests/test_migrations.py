@@ -26,6 +26,9 @@ from libra_edge.store.migrations import MIGRATIONS, split_statements
 # append its hash here (test_every_migration_is_pinned prints it).
 SHIPPED_SHA256 = {
     1: "831834dc6334cdc3822daf551f61655df9ff8d729da10a61b33d545e886c8a38",
+    2: "97cc7dc45aeaa845c5dcc7354470bf7226ec10e945d3ae13943fb7ee5400b14c",
+    3: "49a4839728d3ea608cc78542a71771c295aab9692925a277f34c40f7271f3ac0",
+    4: "ff76aa57caf55da3706375f3ba30069c333cdad661fec2b9fa30d5b1c8ff96f2",
 }
 
 # Values a column must hold to be representative (JSON columns, CHECK-constrained ones

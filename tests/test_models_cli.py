@@ -109,11 +109,19 @@ def test_import_non_gguf_is_refused(models: Run, tmp_path: Path) -> None:
     assert listed(models) == {}
 
 
-def test_import_unsupported_architecture_needs_force(models: Run, smollm2_gguf: Path) -> None:
-    line = one_line_error(models("import", smollm2_gguf), ExitCode.MODEL)
-    assert "architecture llama is not supported" in line and "--force" in line
+def test_import_unsupported_architecture_needs_force(models: Run, make_gguf: Callable[..., Path]) -> None:
+    other = make_gguf("gemma.gguf", architecture="gemma")
+    line = one_line_error(models("import", other), ExitCode.MODEL)
+    assert "architecture gemma is not supported" in line and "--force" in line
     assert listed(models) == {}
-    result = models("import", smollm2_gguf, "--force", "--name", "smol")
+    result = models("import", other, "--force", "--name", "other")
+    assert result.returncode == 0, result.stderr
+    assert listed(models)["other"]["architecture"] == "gemma"
+
+
+def test_a_llama_architecture_guard_imports_without_force(models: Run, smollm2_gguf: Path) -> None:
+    # The Yi-1.5 guards are llama models; a real trained llama GGUF stands in for one.
+    result = models("import", smollm2_gguf, "--name", "smol")
     assert result.returncode == 0, result.stderr
     assert listed(models)["smol"]["architecture"] == "llama"
 

@@ -23,7 +23,7 @@ from libra_edge.engine import Guard
 pytestmark = pytest.mark.slow
 
 CTX = "1024"
-COMMON = ["--ctx", CTX, "--threads", "1"]
+COMMON = ["--ctx", CTX, "--threads", "2"]  # scores do not depend on threads (tested below)
 
 
 def _pairs(shared_dir: Path) -> list[dict[str, str]]:

@@ -132,12 +132,20 @@ class Decoder:
         return best
 
     def evaluate(self, tokens: Sequence[int], seq: int, *, logits_from: int) -> list[np.ndarray]:
-        """Evaluate `tokens` after `seq`'s KV state in ONE batch; logits for tokens[logits_from:]."""
+        """Evaluate `tokens` after `seq`'s KV state as one block; logits for tokens[logits_from:].
+
+        A block of more than `llama.UBATCH` tokens is cut into calls of that many tokens,
+        counted from the block's start: the same cuts whenever the block is evaluated.
+        """
         self._room(seq, len(tokens))
-        n_past = len(self.kv[seq])
-        entries = [(seq, tok, n_past + i, i >= logits_from) for i, tok in enumerate(tokens)]
-        rows = self.ctx.decode(entries)
-        self.kv[seq].extend(tokens)
+        rows: list[np.ndarray] = []
+        step = self.ctx.n_batch
+        for start in range(0, len(tokens), step):
+            n_past = len(self.kv[seq])
+            chunk = tokens[start : start + step]
+            entries = [(seq, tok, n_past + i, start + i >= logits_from) for i, tok in enumerate(chunk)]
+            rows.extend(self.ctx.decode(entries))
+            self.kv[seq].extend(chunk)
         return rows
 
     def evaluate_block(self, block: Block, seq: int) -> None:

@@ -44,9 +44,11 @@ from libra_edge.models.ggufinfo import GGUFInfo, read_model_info
 
 # Marks the place where a too-long text was cut to fit the context.
 TRUNCATION_MARK = "\n……\n"
-# The fixed drafts of the JSON frame, evaluated with the prompt (see decoding.py).
+# The JSON frame as the authors' prompt shows it: the drafts' starting point.
 OPENING_DRAFT = '{\n  "答案": "'
 MIDDLE_DRAFT = '",\n  "分析": "'
+# The pair a model's own frame is read from when it loads (see Guard._calibrate).
+CALIBRATION_PAIR = ("你好", "你好，有什么可以帮你？")
 # Window overlap for long responses, in tokens of the window budget (a passage cut at a
 # window's edge is read whole by the next window).
 WINDOW_OVERLAP = 0.15
@@ -174,6 +176,7 @@ class _Pending:
     t0: float
     logits: np.ndarray | None = None
     stream: JsonStringStream | None = None
+    forced: list[int] = field(default_factory=list)  # the label's tokens, chosen by the score
 
 
 class Guard:
@@ -208,8 +211,45 @@ class Guard:
         self._middle_draft = self._decoder.tokenize(MIDDLE_DRAFT)
         rendered = self._template.render(build_user_message("", ""))
         self._before = self._decoder.tokenize(rendered.before, special=True, add_bos=True)
-        self._header = self._before + self._plain(PROMPT_HEADER + "\n")
+        self._header = self._header_tokens()
         self._overhead = len(self._prompt_tokens(build_user_message("", "")))
+        self._calibrate()
+
+    def _header_tokens(self) -> list[int]:
+        """The header block: the prompt's tokens up to the question, the same for every pair.
+
+        It runs through "# 对话\n人类的问题：" except where that text's last tokens can merge
+        with a question's first characters: the block is the common prefix of the prompts
+        of questions starting with a letter, a digit, a CJK character, punctuation or space.
+        """
+        probes = ["", "a", "A", "1", "你", "，", "“", " ", "\n", "ｂ", "😀", "<"]
+        prompts = [self._prompt_tokens(build_user_message(q + "x", "y")) for q in probes]
+        n = min(len(p) for p in prompts)
+        end = 0
+        while end < n and all(p[end] == prompts[0][end] for p in prompts):
+            end += 1
+        return prompts[0][:end]
+
+    def _calibrate(self) -> None:
+        """Fix this model's frame drafts: the frame it writes for one fixed pair.
+
+        The drafts are evaluated in the same batch as the response block, so they are part
+        of every verdict's batch shape: they must never depend on what ran before. They
+        are a function of the model file alone: the frame the model writes for
+        CALIBRATION_PAIR, in the authors' layout unless the model prefers another. (A
+        Libra-Guard writes the authors' layout; a model that does not would otherwise pay
+        one forward pass per frame token on every check.) This also evaluates the header
+        block, which every check reuses.
+        """
+        t0 = time.perf_counter()
+        pending = self._begin(*CALIBRATION_PAIR, True, None, seq=0, truncated=False, t0=t0)
+        opening = self._last_opening
+        middle = pending.gen.tokens[len(opening) + len(pending.forced):]
+        if AT_VERDICT.search(self._decoder.detokenize(opening)):
+            self._opening_draft = opening
+        if middle and ANALYSIS_OPENED.search(pending.gen.text):
+            self._middle_draft = middle
+        self._decoder.truncate(self._decoder.blocks[0][0].end if self._decoder.blocks[0] else 0, 0)
 
     # ----------------------------------------------------------------- loading
     @classmethod
@@ -582,6 +622,7 @@ class Guard:
         else:  # a byte-fallback vocabulary: spell the label the tokenizer's way
             forced = dec.tokenize(label)
         gen.force(forced)
+        pending.forced = forced
         logits = gen.advance(
             pending=forced,
             draft=self._middle_draft,

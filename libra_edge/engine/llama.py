@@ -240,9 +240,9 @@ class Context:
     def __init__(self, model: Model, *, ctx_per_seq: int, n_seq: int, threads: int) -> None:
         ll = lib()
         params = ll.llama_context_default_params()
-        # Every block the engine evaluates fits one llama_decode call; llama.cpp splits it
-        # into micro-batches of UBATCH tokens, the same way every time.
-        n_batch = ctx_per_seq
+        # A block longer than UBATCH tokens is evaluated in calls of UBATCH tokens, cut at
+        # the same places every time (decoding.py).
+        n_batch = UBATCH
         set_fields(
             params,
             n_ctx=ctx_per_seq * n_seq,
