@@ -35,6 +35,8 @@ class PassageGuard(Guard):
     seen: list[str]
 
     def _begin(self, question: str, response: str, analysis: bool, on_text: Any, **kw: Any) -> _Pending:
+        if not hasattr(self, "seen"):  # loading reads the model's frame through here too
+            self.seen = []
         self.seen.append(response)
         pending = super()._begin(question, response, analysis, on_text, **kw)
         if PASSAGE in response:

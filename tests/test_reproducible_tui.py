@@ -13,7 +13,12 @@ from libra_edge.engine import Guard
 from libra_edge.tui.messages import CheckDone
 from tests.fixtures.tui import Recorder, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.anyio]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
 
 SIZE = (140, 45)
 PAIRS = [
