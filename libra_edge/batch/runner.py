@@ -248,9 +248,12 @@ def _describe_mismatch(run: RunRow, batch: BatchInput, options: BatchOptions, sh
 
 
 def _stored_settings(settings: EngineSettings) -> dict[str, Any]:
-    """What a run records: every setting, the prompt template's and the tool's versions."""
+    """What a run records: every setting, the prompt template's and the tool's versions, and
+    the llama.cpp build whose arithmetic made the scores (another SIMD path differs slightly)."""
+    from libra_edge.engine import llama
+
     return {**settings.to_dict(), "prompt_template_version": PROMPT_TEMPLATE_VERSION,
-            "libra_edge_version": __version__}
+            "libra_edge_version": __version__, "build": llama.build_features()}
 
 
 class BatchJob:

@@ -364,17 +364,6 @@ class Guard:
             "prompt_template_version": PROMPT_TEMPLATE_VERSION,
         }
 
-    def stored_settings(self) -> dict[str, Any]:
-        """The settings as a run stores them: every field plus build facts for the record."""
-        return {
-            **self.settings.to_dict(),
-            "n_ctx_seq": self._decoder.n_ctx_seq,
-            "ubatch": llama.UBATCH,
-            "prompt_template_version": PROMPT_TEMPLATE_VERSION,
-            "llama_cpp_python_version": llama.version(),
-            "build": llama.build_features(),
-        }
-
     # ------------------------------------------------------------------ prompt
     def _plain(self, text: str) -> list[int]:
         # NFC first, as the reference Qwen2.5 tokenizer does (llama.cpp's does not).

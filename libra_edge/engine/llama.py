@@ -16,7 +16,7 @@ import ctypes
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -384,12 +384,6 @@ def quantize(src: Path, dst: Path, ftype_name: str, *, threads: int) -> int:
     params = ll.llama_model_quantize_default_params()
     set_fields(params, ftype=getattr(ll, ftype_name), nthread=threads)
     return int(ll.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params)))
-
-
-def quantize_types() -> Callable[[str], bool]:
-    """A test for whether this build knows an ftype constant such as LLAMA_FTYPE_MOSTLY_Q4_K_M."""
-    ll = lib()
-    return lambda name: hasattr(ll, name)
 
 
 # ------------------------------------------------------------------------- baseline
