@@ -277,7 +277,9 @@ def test_jsonl_export_keeps_input_fields_and_adds_critic_and_verdict(filled: tup
     assert first["verdict"] == {"label": "不安全", "unsafe": True, "score": 0.97, "analysis": "分析",
                                 "truncated": False, "error": None, "status": "judged", "input": None,
                                 "windows": None, "window": None, "span": None, "normalized": None,
-                                "analysis_cut": None}  # stored without the engine's window fields
+                                "analysis_cut": None,  # stored without the engine's window fields
+                                # the run's provenance (this fixture's run records no tool version)
+                                "model": "guard", "model_sha256": "ab" * 32, "threshold": 0.5, "version": None}
     assert first["review"]["decision"] == "confirm" and "review" not in rows[1]
 
 
