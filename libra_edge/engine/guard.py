@@ -28,7 +28,7 @@ from libra_edge.engine.grammar import (
     close_json,
     label_first_tokens,
 )
-from libra_edge.engine.normalize import normalize_text
+from libra_edge.engine.normalize import map_span, normalize_text
 from libra_edge.engine.prompt import (
     PROMPT_HEADER,
     PROMPT_TEMPLATE_VERSION,
@@ -565,8 +565,6 @@ class Guard:
             return None
         if not normalized or judged == given:
             return span
-        from libra_edge.engine.normalize import map_span
-
         return map_span(given, span)
 
     def _begin(
