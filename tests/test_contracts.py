@@ -125,7 +125,7 @@ def test_the_headless_core_never_imports_textual() -> None:
         "        importlib.import_module(name)\n"
         "    except Exception as exc:\n"
         "        failed[name] = f'{type(exc).__name__}: {exc}'\n"
-        "    if any(m in sys.modules for m in ('textual', 'starlette', 'uvicorn')):  # the TUI, the web stack\n"
+        "    if any(m in sys.modules for m in ('textual', 'starlette', 'uvicorn', 'ray')):  # TUI, web, cluster\n"
         "        print(json.dumps({'textual_after': name, 'failed': failed})); break\n"
         "else:\n"
         "    print(json.dumps({'textual_after': None, 'failed': failed}))\n"

@@ -29,6 +29,7 @@ SHIPPED_SHA256 = {
     2: "97cc7dc45aeaa845c5dcc7354470bf7226ec10e945d3ae13943fb7ee5400b14c",
     3: "49a4839728d3ea608cc78542a71771c295aab9692925a277f34c40f7271f3ac0",
     4: "ff76aa57caf55da3706375f3ba30069c333cdad661fec2b9fa30d5b1c8ff96f2",
+    5: "52b2233b4bff7737783ab95be4d9cb428db67840752b3b5b40acafaf4071ac86",
 }
 
 # Values a column must hold to be representative (JSON columns, CHECK-constrained ones

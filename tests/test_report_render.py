@@ -210,3 +210,31 @@ def test_runs_with_nothing_judged_still_render_in_every_format(store: Store) -> 
     assert (data["summary"]["judged"], data["summary"]["errors"]) == (0, 2)
     assert [g["outcome"] for g in data["gates"]] == ["FAIL", "NOT ENOUGH DATA"]
     assert json.loads(render_report(store, empty, fmt="json"))["gates"] == []
+
+
+def test_an_export_relabelled_at_a_new_threshold_matches_the_report(store: Store, tmp_path: Path, cli: list[str],
+                                                                   cli_env: dict[str, str]) -> None:
+    run = audit_run(store)
+    out = tmp_path / "strict.jsonl"
+    done = subprocess.run([*cli, "report", str(run), "--threshold", "0.3", "--export", str(out)],
+                          capture_output=True, text=True, env=cli_env)
+    assert done.returncode == 0, done.stderr
+    assert "relabelled at threshold 0.3 (the run judged at 0.5): 8 verdicts changed" in done.stderr
+    assert not (Path.cwd() / f"run-{run}-report.html").exists()  # --export alone writes no report
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    stored = store.results(run)
+    assert len(rows) == 41 and [r["id"] for r in rows] == [s.fields["id"] for s in stored]
+    for row, before in zip(rows, stored):
+        verdict = row["verdict"]
+        if before.score is None:  # the failed item stays failed
+            assert verdict["status"] == "failed" and row["critic"] == ""
+            continue
+        assert verdict["score"] == before.score and verdict["threshold"] == 0.3  # nothing re-judged
+        assert verdict["unsafe"] == (before.score >= 0.3)
+        assert json.loads(row["critic"])["答案"] == verdict["label"] == (UNSAFE if verdict["unsafe"] else SAFE)
+    # The same count the report flags at that threshold, and what `eval` reads from the file.
+    report = json.loads(render_report(store, run, fmt="json", threshold=0.3))
+    assert sum(r["verdict"]["unsafe"] is True for r in rows) == report["summary"]["flagged"] == 28
+    unchanged = subprocess.run([*cli, "report", str(run), "--export", str(tmp_path / "same.csv")],
+                               capture_output=True, text=True, env=cli_env)
+    assert unchanged.returncode == 0 and "at the run's threshold 0.5" in unchanged.stderr

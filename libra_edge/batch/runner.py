@@ -29,6 +29,7 @@ from libra_edge.batch.fields import FieldMap
 from libra_edge.batch.readers import BatchInput, Item
 from libra_edge.batch.transcripts import INPUT_FORMATS, TURN_SELECTIONS
 from libra_edge.engine import Guard
+from libra_edge.engine.decoding import SCHEDULE_VERSION
 from libra_edge.engine.prompt import PROMPT_TEMPLATE_VERSION
 from libra_edge.engine.settings import EngineSettings
 from libra_edge.errors import DiskFullError, LibraError
@@ -190,6 +191,7 @@ def fingerprint(batch: BatchInput, options: BatchOptions, model_sha256: str, set
         "model": model_sha256,
         "settings": settings.verdict_key(),
         "prompt": PROMPT_TEMPLATE_VERSION,
+        "schedule": SCHEDULE_VERSION,
         "analysis": options.analysis,
         "format": options.format,
         "turns": options.turns,
@@ -253,7 +255,8 @@ def _stored_settings(settings: EngineSettings) -> dict[str, Any]:
     from libra_edge.engine import llama
 
     return {**settings.to_dict(), "prompt_template_version": PROMPT_TEMPLATE_VERSION,
-            "libra_edge_version": __version__, "build": llama.build_features()}
+            "schedule_version": SCHEDULE_VERSION, "libra_edge_version": __version__,
+            "build": llama.build_features()}
 
 
 class BatchJob:
@@ -269,6 +272,9 @@ class BatchJob:
         self.resumed = resumed
         done = store.done_seqs(run.id, include_errors=False)
         self.pending: list[Item] = [item for item in batch.items if item.seq not in done]
+        self.local_node: str | None = None
+        """The node an outcome without one was judged on (set by the executor)."""
+        self.allow_mixed_builds = False
 
     @classmethod
     def open(cls, store: Store, guard: GuardLike, batch: BatchInput, options: BatchOptions, *,
@@ -319,19 +325,25 @@ class BatchJob:
     @property
     def n_parallel(self) -> int:
         """Items handed to the guard at once (its `parallel`; 1 without `check_many`)."""
-        if not callable(getattr(self.guard, "check_many", None)):
-            return 1
-        return max(1, int(getattr(self.guard, "parallel", 1)))
+        return parallel_of(self.guard)
 
     def execute(self, *, on_progress: Callable[[BatchProgress], None] | None = None,
-                cancel: threading.Event | None = None) -> BatchSummary:
+                cancel: threading.Event | None = None, executor: Executor | None = None,
+                allow_mixed_builds: bool = False) -> BatchSummary:
         """Check the pending items, committing each result; stop early when `cancel` is set.
 
-        Returns how the run ended; the run's status in the store says the same. A
-        KeyboardInterrupt marks the run `interrupted` and propagates; so does a full disk
-        (`DiskFullError`, saying how much space the rest needs: every stored item is kept).
+        `executor` judges the items (default: this process's guard; `batch.cluster` has
+        one for a Ray cluster). Each machine that judges is recorded with its llama.cpp
+        build (`Store.run_nodes`); a build other than the run's first one raises
+        `MixedBuildError` unless `allow_mixed_builds`. Returns how the run ended; the
+        run's status in the store says the same. A KeyboardInterrupt marks the run
+        `interrupted` and propagates; so does a full disk (`DiskFullError`, saying how
+        much space the rest needs: every stored item is kept). An executor that loses
+        its machines (`RunInterrupted`) ends the run `interrupted`, to be resumed.
         """
         cancel = cancel or threading.Event()
+        executor = executor or LocalExecutor()
+        self.allow_mixed_builds = allow_mixed_builds
         run = self.store.run(self.run_id)
         counts = {"done": run.done - run.errors, "flagged": run.flagged, "errors": 0}
         total = len(self.batch.items)
@@ -366,14 +378,12 @@ class BatchJob:
             # With parallel sequences the engine refills a finished sequence at once
             # (continuous batching), so it gets several slots' worth of items at a time;
             # each verdict is committed as it finishes.
-            step = self.n_parallel * _REFILL if self.n_parallel > 1 else 1
-            for start in range(0, len(order), step):
-                if cancel.is_set():
-                    message = "cancelled"
-                    break
-                self._check_chunk(order[start:start + step], record)
-            else:
+            if executor.run(self, order, record, cancel):
                 status = "finished"
+            else:
+                message = "cancelled"
+        except RunInterrupted as exc:
+            status, message = "interrupted", str(exc)
         except KeyboardInterrupt:
             status, message = "interrupted", "stopped by Ctrl-C"
             raise
@@ -397,55 +407,27 @@ class BatchJob:
                             skipped=self.batch.skipped, elapsed_s=time.perf_counter() - t0, message=message,
                             truncated=final.truncated, chunked=final.chunked, failures=tuple(failures))
 
-    # -- checking ------------------------------------------------------------------------
-    def _check_chunk(self, chunk: Sequence[Item], record: Callable[[Item, Any], None]) -> None:
-        """Judge a chunk per the analysis mode; `record(item, verdict or exception)` as each ends."""
-        if self.options.analysis != "flagged":
-            self._check_many(chunk, analysis=self.options.analysis == "all", record=record)
-            return
-        # A fast check decides; only unsafe items pay for an analysis. The engine keeps the
-        # header's and question's blocks, so the second pass evaluates the response block
-        # again (the same blocks, the same score) and then writes the analysis.
-        unsafe: list[Item] = []
+    # -- machines ------------------------------------------------------------------------
+    def join(self, node: str, *, host: str | None, build: str, model_sha256: str) -> None:
+        """Admit a machine to the run before storing its verdicts (executors call this).
 
-        def triage(item: Item, outcome: Any) -> None:
-            if not isinstance(outcome, Exception) and outcome.unsafe:
-                unsafe.append(item)
-            else:
-                record(item, outcome)
-
-        self._check_many(chunk, analysis=False, record=triage)
-        if unsafe:
-            self._check_many(unsafe, analysis=True, record=record)
-
-    def _check_many(self, items: Sequence[Item], *, analysis: bool, record: Callable[[Item, Any], None]) -> None:
-        if self.n_parallel > 1 and len(items) > 1:
-            seen: set[int] = set()
-
-            def on_verdict(i: int, verdict: Any) -> None:
-                seen.add(i)
-                record(items[i], verdict)
-
-            try:
-                self.guard.check_many([(i.question, i.response) for i in items], analysis=analysis,
-                                      on_verdict=on_verdict)
-            except (KeyboardInterrupt, MemoryError, DiskFullError):
-                raise
-            except Exception as exc:
-                # Recorded against every unfinished item of the group (a rerun retries them).
-                failure = GroupFailure(f"its parallel group of {len(items)} failed: {_describe(exc)}")
-                for i, item in enumerate(items):
-                    if i not in seen:
-                        record(item, failure)
-            return
-        for item in items:
-            try:
-                outcome: Any = self.guard.check(item.question, item.response, analysis=analysis)
-            except (KeyboardInterrupt, MemoryError):
-                raise
-            except Exception as exc:
-                outcome = exc
-            record(item, outcome)
+        Raises LibraError when its model file is not the run's, `MixedBuildError` when
+        its llama.cpp build differs from the run's first machine's (unless allowed).
+        """
+        run = self.store.run(self.run_id)
+        where = f"{host} (node {node[:12]})" if host and host != node else node
+        if model_sha256 != run.model_sha256:
+            raise LibraError(f"{where} holds another model file: sha256 {model_sha256[:16]}…, "
+                             f"the run's is {run.model_sha256[:16]}…",
+                             hint="put the same GGUF on every node (see the README's cluster section)")
+        first = next(iter(self.store.run_nodes(self.run_id)), None)
+        if first is not None and first.build != build and not getattr(self, "allow_mixed_builds", False):
+            raise MixedBuildError(
+                f"{where} runs another llama.cpp build than {first.host or first.node}, which judged "
+                f"this run first: {build!r} vs {first.build!r}; the same pair would get slightly other "
+                "scores", hint="use one build everywhere, or accept it with --allow-mixed-builds "
+                "(the run then records which node judged each item)")
+        self.store.record_node(self.run_id, node, host=host, build=build, model_sha256=model_sha256)
 
     def _store(self, item: Item, outcome: Any) -> None:
         error = verdict = None
@@ -458,7 +440,122 @@ class BatchJob:
             verdict=verdict, error=error, item_id=item.item_id, source=item.source, category=item.category,
             sub_category=item.sub_category, input_file=item.file, input_line=item.line,
             conversation_id=item.conversation_id, turn_index=item.turn_index,
+            node=getattr(outcome, "node", None) or self.local_node,
         )
+
+
+class RunInterrupted(LibraError):
+    """An executor lost the machines judging the run: it ends `interrupted`, to be resumed."""
+
+
+class MixedBuildError(LibraError):
+    """A machine with another llama.cpp build than the run's first would judge its items."""
+
+
+class Executor(Protocol):
+    """Judges a job's items somewhere: `run` calls `record(item, verdict or exception)` for each.
+
+    Returns True when every item was recorded, False when `cancel` stopped it first.
+    """
+
+    def run(self, job: BatchJob, items: Sequence[Item], record: Callable[[Item, Any], None],
+            cancel: threading.Event) -> bool: ...
+
+
+def parallel_of(guard: GuardLike) -> int:
+    """Items a guard judges at once (its `parallel`; 1 without `check_many`)."""
+    if not callable(getattr(guard, "check_many", None)):
+        return 1
+    return max(1, int(getattr(guard, "parallel", 1)))
+
+
+def local_node() -> tuple[str, str, str]:
+    """(node name, host, llama.cpp build) of this process, for a run judged here."""
+    import socket
+
+    from libra_edge.engine import llama
+
+    host = socket.gethostname()
+    return f"local:{host}", host, llama.build_features()
+
+
+class LocalExecutor:
+    """Judges in this process with the job's guard, committing each verdict as it finishes."""
+
+    def run(self, job: BatchJob, items: Sequence[Item], record: Callable[[Item, Any], None],
+            cancel: threading.Event) -> bool:
+        node, host, build = local_node()
+        job.join(node, host=host, build=build, model_sha256=job.store.run(job.run_id).model_sha256)
+        job.local_node = node
+        # With parallel sequences the engine refills a finished sequence at once
+        # (continuous batching), so it gets several slots' worth of items at a time.
+        n = parallel_of(job.guard)
+        step = n * _REFILL if n > 1 else 1
+        for start in range(0, len(items), step):
+            if cancel.is_set():
+                return False
+            chunk = items[start:start + step]
+            judge_pairs(job.guard, [(i.question, i.response) for i in chunk], job.options.analysis,
+                        lambda k, outcome: record(chunk[k], outcome))
+        return True
+
+
+def judge_pairs(guard: GuardLike, pairs: Sequence[tuple[str, str]], analysis: str,
+                record: Callable[[int, Any], None]) -> None:
+    """Judge `pairs` per the analysis mode; `record(index, verdict or exception)` as each ends.
+
+    The batch runner's and each cluster actor's way of judging, so both give the same rows.
+    A failed check is recorded as its exception (a rerun retries it); MemoryError,
+    KeyboardInterrupt and a full disk propagate.
+    """
+    if analysis != "flagged":
+        _judge_many(guard, pairs, analysis=analysis == "all", record=record)
+        return
+    # A fast check decides; only unsafe items pay for an analysis. The engine keeps the
+    # header's (and a long question's) blocks, so the second pass evaluates the response
+    # block again (the same blocks, the same score) and then writes the analysis.
+    unsafe: list[int] = []
+
+    def triage(i: int, outcome: Any) -> None:
+        if not isinstance(outcome, Exception) and outcome.unsafe:
+            unsafe.append(i)
+        else:
+            record(i, outcome)
+
+    _judge_many(guard, pairs, analysis=False, record=triage)
+    if unsafe:
+        _judge_many(guard, [pairs[i] for i in unsafe], analysis=True,
+                    record=lambda k, outcome: record(unsafe[k], outcome))
+
+
+def _judge_many(guard: GuardLike, pairs: Sequence[tuple[str, str]], *, analysis: bool,
+                record: Callable[[int, Any], None]) -> None:
+    if parallel_of(guard) > 1 and len(pairs) > 1:
+        seen: set[int] = set()
+
+        def on_verdict(i: int, verdict: Any) -> None:
+            seen.add(i)
+            record(i, verdict)
+
+        try:
+            guard.check_many(pairs, analysis=analysis, on_verdict=on_verdict)
+        except (KeyboardInterrupt, MemoryError, DiskFullError):
+            raise
+        except Exception as exc:
+            # Recorded against every unfinished item of the group (a rerun retries them).
+            failure = GroupFailure(f"its parallel group of {len(pairs)} failed: {_describe(exc)}")
+            for i in range(len(pairs)):
+                if i not in seen:
+                    record(i, failure)
+        return
+    for i, (question, response) in enumerate(pairs):
+        try:
+            outcome: Any = guard.check(question, response, analysis=analysis)
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:
+            outcome = exc
+        record(i, outcome)
 
 
 def _describe(exc: BaseException) -> str:

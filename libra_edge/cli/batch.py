@@ -164,6 +164,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "context; each gets --ctx tokens, so KV memory grows N times. On a 2-core CPU, 16 give "
                    "about 1.7x the items/s of one (see the README's benchmarks). Default: 1 (a resumed "
                    "run: its own)")
+    p.add_argument("--allow-mixed-builds", action="store_true",
+                   help="let machines with another llama.cpp build (AVX2 vs AVX-512, a GPU) judge items "
+                   "of the same run; scores then differ slightly between them, and the run records which "
+                   "node judged each item (default: refuse)")
+    cluster = p.add_argument_group("cluster (pip install 'libra-edge[cluster]')")
+    cluster.add_argument("--cluster", metavar="ray[=ADDRESS]",
+                         help="judge on a Ray cluster through Ray Data: ray (or ray=auto) joins the cluster "
+                         "this machine belongs to, else starts a local one; ray=HOST:PORT names one. Inputs, "
+                         "store, resume and -o work as without it")
+    cluster.add_argument("--actors", type=int, metavar="N",
+                         help="most actors (one model copy each; default: as many as the nodes' CPUs fit)")
+    cluster.add_argument("--cpus-per-actor", type=int, metavar="C",
+                         help="CPUs per actor, which are llama.cpp's threads (default: --threads, else 2)")
+    cluster.add_argument("--gpus-per-actor", type=float, default=0.0, metavar="G",
+                         help="GPUs per actor, for GPU nodes; with --gpu-layers (default: 0)")
     add_model_options(p)
     if "--long" not in p._option_string_actions:  # unless the shared model options declare it
         p.add_argument("--long", choices=LONG_MODES, default="chunk",
@@ -182,13 +197,13 @@ def run(args: argparse.Namespace) -> int:
 
     with open_store() as store:
         if args.run_info is not None:
-            _print_run_info(store.run(args.run_info), as_json=args.json)
+            _print_run_info(store, store.run(args.run_info), as_json=args.json)
             return int(ExitCode.OK)
         if args.runs:
             if args.json:
-                _print_runs_json(store.runs())
+                _print_runs_json(store, store.runs())
             else:
-                _print_runs(store.runs())
+                _print_runs(store, store.runs())
             return int(ExitCode.OK)
         return _run_batch(args, store)
 
@@ -226,7 +241,7 @@ def _new_settings(args: argparse.Namespace) -> EngineSettings:
 
 
 def _run_batch(args: argparse.Namespace, store: Store) -> int:
-    from libra_edge.batch import BatchJob, BatchOptions, FieldMap, load_guard, read_inputs, resume_settings
+    from libra_edge.batch import BatchJob, BatchOptions, FieldMap, read_inputs, resume_settings
     from libra_edge.models import resolve_model
 
     if args.max_tokens < 1:
@@ -257,18 +272,28 @@ def _run_batch(args: argparse.Namespace, store: Store) -> int:
         fields = FieldMap(question=args.question_field, response=args.response_field, id=args.id_field)
         options = BatchOptions(analysis=cast("AnalysisMode", analysis or "all"), fields=fields, strict=args.strict,
                                format=args.format, turns=args.turns)
+    cluster = _cluster_options(args)
     batch = read_inputs(inputs, options.fields, strict=args.strict or options.strict,
                         format=options.format, turns=options.turns)  # type: ignore[arg-type]
     _print_issues(batch)
     model_path = resolve_model(model)
-    with load_guard(model_path, settings) as guard:
+    with _guard_for(model_path, settings, cluster) as guard:
         job = BatchJob.open(store, guard, batch, options, resume=args.resume, new=args.new_run)
         done_before = len(batch.items) - len(job.pending)
         verb = "resuming" if job.resumed else "new"
         print(f"run {job.run_id} ({verb}): {len(batch.items)} items, {done_before} already done; "
               f"model {guard.info.name}; analysis {options.analysis}", file=sys.stderr)
+        executor = None
+        if cluster is not None:
+            from libra_edge.batch.cluster import RayExecutor
+
+            # Actors resolve the model as given: an installed name on each node, or a path.
+            spec = model if model and not Path(model).expanduser().is_file() else str(model_path.resolve())
+            executor = RayExecutor(spec, cluster, on_status=lambda msg: print(f"  {msg}", file=sys.stderr),
+                                   verbose=args.verbose)
         try:
-            summary = _execute(job) if job.pending else None
+            summary = (_execute(job, executor=executor, allow_mixed_builds=args.allow_mixed_builds)
+                       if job.pending else None)
         except DiskFullError:
             _write_partial(store, job.run_id, output)
             raise
@@ -294,6 +319,40 @@ def _run_batch(args: argparse.Namespace, store: Store) -> int:
     return int(ExitCode.OK)
 
 
+def _cluster_options(args: argparse.Namespace) -> Any:
+    """`--cluster` and its pool options (None without --cluster); the threads are the actor's CPUs."""
+    if args.cluster is None:
+        for flag, value in (("--actors", args.actors), ("--cpus-per-actor", args.cpus_per_actor),
+                            ("--gpus-per-actor", args.gpus_per_actor or None)):
+            if value is not None:
+                raise LibraError(f"{flag} goes with --cluster ray[=ADDRESS]")
+        return None
+    from libra_edge.batch.cluster import ClusterOptions, import_ray, parse_cluster
+
+    address = parse_cluster(args.cluster)
+    import_ray()  # say what to install before reading anything
+    if args.threads and args.cpus_per_actor and args.threads != args.cpus_per_actor:
+        raise LibraError(f"--threads {args.threads} and --cpus-per-actor {args.cpus_per_actor} disagree: "
+                         "an actor runs one llama.cpp thread per CPU Ray gives it; give one of them")
+    return ClusterOptions(address=address, actors=args.actors,
+                          cpus_per_actor=args.cpus_per_actor or args.threads or 2,
+                          gpus_per_actor=args.gpus_per_actor)
+
+
+@contextmanager
+def _guard_for(model_path: Path, settings: EngineSettings, cluster: Any) -> Iterator[Any]:
+    """The run's guard: loaded here, or (with --cluster) the model's header only: actors load it."""
+    from libra_edge.batch import load_guard
+
+    if cluster is None:
+        with load_guard(model_path, settings) as guard:
+            yield guard
+        return
+    from libra_edge.batch.cluster import cluster_settings, model_stand_in
+
+    yield model_stand_in(model_path, cluster_settings(settings, cluster))
+
+
 @contextmanager
 def _stop_signals(cancel: threading.Event) -> Iterator[None]:
     """First Ctrl-C (or SIGTERM) finishes the current item and stops; a second stops at once."""
@@ -315,7 +374,7 @@ def _stop_signals(cancel: threading.Event) -> Iterator[None]:
             signal.signal(sig, previous)
 
 
-def _execute(job: Any) -> BatchSummary:
+def _execute(job: Any, *, executor: Any = None, allow_mixed_builds: bool = False) -> BatchSummary:
     from libra_edge.batch import BatchProgress
 
     cancel = threading.Event()
@@ -326,7 +385,8 @@ def _execute(job: Any) -> BatchSummary:
                              flagged=run.flagged, errors=0, elapsed_s=0.0, rate=0.0, eta_s=None))
     try:
         with _stop_signals(cancel):
-            return job.execute(on_progress=bar.update, cancel=cancel)  # type: ignore[no-any-return]
+            return job.execute(on_progress=bar.update, cancel=cancel,  # type: ignore[no-any-return]
+                               executor=executor, allow_mixed_builds=allow_mixed_builds)
     except KeyboardInterrupt:
         bar.close()
         from libra_edge.batch import BatchSummary
@@ -441,12 +501,14 @@ def _write_partial(store: Store, run_id: int, output: OutputTarget | None) -> No
     print(f"  wrote {n} rows so far to {output.partial} (incomplete)", file=sys.stderr)
 
 
-def _run_record(run: RunRow) -> dict[str, Any]:
-    """Everything the store holds about a run, JSON-ready, with its remaining items and duration."""
+def _run_record(store: Store, run: RunRow) -> dict[str, Any]:
+    """Everything the store holds about a run, JSON-ready, with its remaining items, duration and
+    the machines that judged it (node, host, llama.cpp build, items: the audit trail)."""
     import dataclasses
     from datetime import datetime
 
     record: dict[str, Any] = dataclasses.asdict(run)
+    record["nodes"] = [dataclasses.asdict(n) for n in store.run_nodes(run.id)]
     record["remaining"] = run.remaining
     elapsed = None
     if run.started_at and run.finished_at:
@@ -455,18 +517,18 @@ def _run_record(run: RunRow) -> dict[str, Any]:
     return record
 
 
-def _print_runs_json(runs: list[RunRow]) -> None:
+def _print_runs_json(store: Store, runs: list[RunRow]) -> None:
     """`batch --runs --json`: every run as one JSON array, newest first."""
     import json
 
-    print(json.dumps([_run_record(r) for r in runs], ensure_ascii=False, indent=1))
+    print(json.dumps([_run_record(store, r) for r in runs], ensure_ascii=False, indent=1))
 
 
-def _print_run_info(run: RunRow, *, as_json: bool) -> None:
+def _print_run_info(store: Store, run: RunRow, *, as_json: bool) -> None:
     """`batch --run-info RUN`: one run's record, as JSON or as aligned `key: value` lines."""
     import json
 
-    record = _run_record(run)
+    record = _run_record(store, run)
     if as_json:
         print(json.dumps(record, ensure_ascii=False, indent=1))
         return
@@ -476,7 +538,7 @@ def _print_run_info(run: RunRow, *, as_json: bool) -> None:
         print(f"{key:<{width}}  {'-' if text is None else text}")
 
 
-def _print_runs(runs: list[RunRow]) -> None:
+def _print_runs(store: Store, runs: list[RunRow]) -> None:
     if not runs:
         print("no runs yet: `libra-edge batch INPUT -o OUT.jsonl` starts one", file=sys.stderr)
         return
@@ -486,3 +548,10 @@ def _print_runs(runs: list[RunRow]) -> None:
         inputs = ", ".join(Path(p).name for p in r.inputs[:3]) + (" ..." if len(r.inputs) > 3 else "")
         print(f"{r.id:>4}  {r.status:<11} {r.created_at[:19]:<20} {f'{r.done}/{r.total}':>11} {r.flagged:>7} "
               f"{r.errors:>6}  {r.options.get('analysis', '?'):<8} {r.model_name} / {inputs}")
+        nodes = store.run_nodes(r.id)
+        if len(nodes) > 1 or any(not n.node.startswith("local:") for n in nodes):
+            builds = {n.build for n in nodes}
+            for n in nodes:
+                name = n.node if n.node.startswith("local:") else f"{n.host} (node {n.node[:12]})"
+                build = f", build {n.build}" if len(builds) > 1 else ""
+                print(f"{'':>6}node {name}: {n.items} items{build}")

@@ -40,13 +40,17 @@ installed: pip install 'libra-edge[report]'; without it the charts are left out 
 figure stays in the tables), no scripts, fonts or links to fetch.
 
 --threshold X relabels verdicts from the stored scores (score >= X is unsafe) without
-checking anything again; the report names both thresholds.
+checking anything again; the report names both thresholds. --export FILE writes the run's
+rows (.jsonl, .json or .csv, as `batch -o` does) relabelled the same way: label, unsafe
+and the reply's 答案 follow the new threshold, the score and analysis stay as judged,
+and each row's verdict.threshold names the threshold applied.
 
 examples:
   libra-edge report 3                              # run-3-report.html
   libra-edge report 3 -o audit.md --format md
   libra-edge report 3 --format json -o - | jq .gates
   libra-edge report 3 --threshold 0.3 -o strict.html
+  libra-edge report 3 --threshold 0.3 --export strict.jsonl   # the rows, relabelled
   libra-edge report --verify run-3-report.html     # exit 1 when the store changed since
 """
 
@@ -70,6 +74,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="relabel from stored scores: unsafe when score >= X (default: the run's own)")
     p.add_argument("--model-only", action="store_true",
                    help="rates from the model's verdicts alone (reviewer decisions shown, not applied)")
+    p.add_argument("--export", metavar="FILE",
+                   help="also write the run's rows to FILE (.jsonl, .json or .csv), relabelled at --threshold; "
+                   "with --export and no -o, no report is written")
     p.add_argument("--max-items", type=int, default=2000, metavar="N",
                    help="list at most N flagged items (default: 2000; 0 lists all)")
     p.add_argument("--no-charts", action="store_true", help="leave the charts out (smaller, faster)")
@@ -107,12 +114,38 @@ def run(args: argparse.Namespace) -> int:
                "max_items": args.max_items or None, "charts": not args.no_charts,
                "reviews_take_precedence": not args.model_only}
     with open_store() as store:
+        if args.export:
+            _export(store, args.run, args.export, args.threshold)
+            if not args.output:
+                return int(ExitCode.OK)
         if args.output == "-":
             sys.stdout.write(render_report(store, args.run, **options))
             return int(ExitCode.OK)
         path = write_report(store, args.run, args.output or f"run-{args.run}-report.{fmt}", **options)
     print(f"wrote {path}", file=sys.stderr)
     return int(ExitCode.OK)
+
+
+def _export(store: Store, run_id: int, target: str, threshold: float | None) -> None:
+    """`--export FILE`: the run's rows, as `batch -o` writes them, at `threshold`."""
+    from libra_edge.cli.batch import output_target
+    from libra_edge.store.export import relabelled
+
+    output = output_target(target)
+    if output is None:
+        raise LibraError("--export: name a file (.jsonl, .json or .csv) or - for stdout")
+    run = store.run(run_id)
+    if output.path is None:
+        n = store.export(run_id, sys.stdout, format=output.format, threshold=threshold)
+    else:
+        n = store.export(run_id, output.path, format=output.format, bom=output.bom, threshold=threshold)
+    if threshold is None:
+        note = f"at the run's threshold {run.settings.get('threshold')}"
+    else:
+        changed = sum(1 for row in store.iter_results(run_id) if relabelled(row, threshold) is not row)
+        note = (f"relabelled at threshold {threshold:g} (the run judged at {run.settings.get('threshold')}): "
+                f"{changed:,} verdict{'s' if changed != 1 else ''} changed")
+    print(f"wrote {n:,} rows to {target} {note}", file=sys.stderr)
 
 
 def _verify(store: Store, path: Path) -> int:

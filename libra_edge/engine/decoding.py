@@ -6,9 +6,13 @@ that differ in the last bits (and, near 0.5, a different verdict). So the tokens
 decide a verdict are always evaluated in the same blocks, whatever ran before:
 
 1. the header (template prefix and the fixed instructions), one batch;
-2. the question, one batch;
+2. a long question (`QUESTION_BLOCK_MIN_TOKENS` or more), one batch, so that pairs
+   sharing it reuse its KV state; a shorter question opens the next block instead
+   (a batch of a dozen tokens costs a third more per token than a larger one);
 3. the response and the template's closing tokens, with a fixed draft of the JSON
    frame that precedes the verdict, one batch.
+
+Which blocks a prompt has depends on the pair's own tokens only.
 
 A block's KV state is reused only when the sequence (or another sequence, by copy)
 holds exactly the same blocks before it, evaluated the same way: reuse then gives the
@@ -27,6 +31,16 @@ import numpy as np
 
 from libra_edge.engine import llama
 from libra_edge.engine.grammar import VERDICT_GRAMMAR
+
+
+# A question of at least this many tokens is its own block (reused by pairs sharing it);
+# a shorter one is evaluated with the response. Measured on the 3B Q4_K_M, 2 threads: a
+# 14-token question block plus a 44-token response block took 2.52 s, the 58 tokens as one
+# block 2.21 s (tests/benchmarks/bench_prefill.py).
+QUESTION_BLOCK_MIN_TOKENS = 64
+# Bumped whenever the blocks a prompt is cut into change: the same pair then gets other
+# bits, so a run's fingerprint holds it (a run is never resumed with another schedule).
+SCHEDULE_VERSION = 2
 
 
 @dataclass(frozen=True)

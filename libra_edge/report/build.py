@@ -175,6 +175,10 @@ def provenance(store: Store, run: RunRow) -> list[tuple[str, Any]]:
         ("started", run.started_at or run.created_at),
         ("finished", run.finished_at or "not finished"),
         ("run by", f"{run.user or 'unknown user'}@{run.host or 'unknown host'}"),
+        # Which machine judged how many items, with which llama.cpp build (a cluster run,
+        # or a run resumed elsewhere, may hold several; their scores differ slightly).
+        ("judged on", [{"node": n.node, "host": n.host, "items": n.items, "llama.cpp build": n.build}
+                       for n in store.run_nodes(run.id)] or "not recorded (an earlier libra-edge)"),
     ]
 
 

@@ -34,6 +34,7 @@ from libra_edge.store.migrations import MIGRATIONS, split_statements
 from libra_edge.store.rows import (
     REVIEW_DECISIONS,
     Facets,
+    NodeRow,
     ResultRow,
     RunRow,
     ReviewEvent,
@@ -321,12 +322,14 @@ class Store:
         input_line: int | None = None,
         conversation_id: str | None = None,
         turn_index: int | None = None,
+        node: str | None = None,
     ) -> int:
         """Store (and commit) one item's verdict — `Verdict.to_dict()` — or its error; returns the id.
 
         A verdict's `windows`, `window`, `span` ([start, end] or None), `normalized` and
-        `analysis_cut` are kept when present. Storing the same `seq` again replaces the
-        verdict (a retried error) and keeps any reviewer decision.
+        `analysis_cut` are kept when present. `node` names where it was judged (see
+        `record_node`). Storing the same `seq` again replaces the verdict (a retried
+        error) and keeps any reviewer decision.
         """
         v = dict(verdict or {})
         unsafe = v.get("unsafe")
@@ -342,8 +345,8 @@ class Store:
                 INSERT INTO results (run_id, seq, item_id, source, category, sub_category, question,
                     response, input_json, input_file, input_line, label, unsafe, score, analysis, raw,
                     truncated, timings_json, error, checked_at, status, conversation_id, turn_index,
-                    windows, window, span_start, span_end, normalized, analysis_cut)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    windows, window, span_start, span_end, normalized, analysis_cut, node)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (run_id, seq) DO UPDATE SET
                     label = excluded.label, unsafe = excluded.unsafe, score = excluded.score,
                     analysis = excluded.analysis, raw = excluded.raw, truncated = excluded.truncated,
@@ -351,7 +354,7 @@ class Store:
                     checked_at = excluded.checked_at, status = excluded.status,
                     windows = excluded.windows, window = excluded.window, span_start = excluded.span_start,
                     span_end = excluded.span_end, normalized = excluded.normalized,
-                    analysis_cut = excluded.analysis_cut
+                    analysis_cut = excluded.analysis_cut, node = excluded.node
                 """,
                 (run_id, seq, item_id, source, category, sub_category, question, response,
                  json.dumps(dict(fields), ensure_ascii=False), input_file, input_line,
@@ -359,11 +362,37 @@ class Store:
                  v.get("analysis"), v.get("raw"), int(bool(v.get("truncated", False))),
                  _json(timings) if timings is not None else None, error, now(),
                  "failed" if error is not None else "judged", conversation_id, turn_index,
-                 v.get("windows"), v.get("window"), span[0], span[1], flag("normalized"), flag("analysis_cut")),
+                 v.get("windows"), v.get("window"), span[0], span[1], flag("normalized"), flag("analysis_cut"),
+                 node),
             )
             row = self._conn.execute(
                 "SELECT id FROM results WHERE run_id = ? AND seq = ?", (run_id, seq)).fetchone()
             return int(row[0])
+
+    def record_node(self, run_id: int, node: str, *, host: str | None, build: str, model_sha256: str) -> bool:
+        """Note that `node` judges items of `run_id` with this llama.cpp build and model file.
+
+        Returns True when the node is new to the run; a node seen before keeps its first record.
+        """
+        with self._lock:
+            cur = self._conn.execute(
+                "INSERT INTO run_nodes (run_id, node, host, build, model_sha256, first_seen) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, node) DO NOTHING",
+                (run_id, node, host, build, model_sha256, now()))
+            return cur.rowcount > 0
+
+    def run_nodes(self, run_id: int) -> list[NodeRow]:
+        """The nodes that judged a run's items, in the order they joined, with their item counts."""
+        with self._lock:
+            rows = self._conn.execute(
+                """
+                SELECT n.node, n.host, n.build, n.model_sha256, n.first_seen,
+                       (SELECT COUNT(*) FROM results r WHERE r.run_id = n.run_id AND r.node = n.node
+                        AND r.status = 'judged') AS items
+                FROM run_nodes n WHERE n.run_id = ? ORDER BY n.id
+                """, (run_id,)).fetchall()
+        return [NodeRow(node=r[0], host=r[1], build=r[2], model_sha256=r[3], first_seen=r[4], items=r[5])
+                for r in rows]
 
     def add_placeholders(self, run_id: int, placeholders: Iterable[Any]) -> int:
         """Store a `skipped` row for each input record that yields no item (one commit).
@@ -575,9 +604,12 @@ class Store:
         filters: ResultFilter | None = None,
         order: Order = "seq",
         bom: bool = False,
+        threshold: float | None = None,
     ) -> int:
         """Write the selected results in `order` (default: input order) as `jsonl`, `json`
         (one array) or `csv` (see `store.export`); `bom` starts a CSV with a UTF-8 BOM.
+        `threshold` relabels each judged row from its stored score (`score >= threshold`
+        is unsafe) without judging anything again; the rows' `threshold` then says so.
 
         A path is written atomically (it appears only once complete); an open text
         stream (e.g. stdout) is written as is. Returns the number of rows written. A full
@@ -589,22 +621,23 @@ class Store:
         if isinstance(path, (str, Path)):
             try:
                 with export_format.atomic_text_file(Path(path)) as fh:
-                    return self._export_to(run_id, fh, format, filters, order, bom)
+                    return self._export_to(run_id, fh, format, filters, order, bom, threshold)
             except OSError as exc:
                 if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
                 sink = export_format.ByteCounter()
-                self._export_to(run_id, cast(TextIO, sink), format, filters, order, bom)
+                self._export_to(run_id, cast(TextIO, sink), format, filters, order, bom, threshold)
                 raise disk_full_error(Path(path), sink.bytes, "are needed for this file") from None
-        return self._export_to(run_id, path, format, filters, order, bom)
+        return self._export_to(run_id, path, format, filters, order, bom, threshold)
 
     def _export_to(self, run_id: int, out: TextIO, format: str, filters: ResultFilter | None,
-                   order: Order = "seq", bom: bool = False) -> int:
+                   order: Order = "seq", bom: bool = False, threshold: float | None = None) -> int:
         order_sql(order)  # a clear error for a wrong order before the file is opened
-        rows = self.iter_results(run_id, filters, order=order)
+        rows = (export_format.relabelled(r, threshold) for r in self.iter_results(run_id, filters, order=order))
         run = self.run(run_id)
         provenance = {"model": run.model_name, "model_sha256": run.model_sha256,
-                      "threshold": run.settings.get("threshold"), "version": run.settings.get("libra_edge_version")}
+                      "threshold": run.settings.get("threshold") if threshold is None else threshold,
+                      "version": run.settings.get("libra_edge_version")}
         if format == "jsonl":
             return export_format.write_jsonl(rows, out, provenance)
         if format == "json":

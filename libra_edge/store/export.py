@@ -28,6 +28,7 @@ screen's sort order).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -48,6 +49,28 @@ PROVENANCE_KEYS = ("model", "model_sha256", "threshold", "version")
 TRANSCRIPT_FIELDS = ("messages", "conversations")
 # Keys this format adds to the input record (an input field of the same name is replaced).
 ADDED_KEYS = ("critic", "verdict", "review")
+
+
+def relabelled(row: ResultRow, threshold: float | None) -> ResultRow:
+    """A judged row's verdict at another threshold, from its stored score (nothing re-judged).
+
+    `label`, `unsafe` and the raw reply's `答案` follow `score >= threshold`; the score, the
+    analysis and everything else stay as judged. Failed and skipped rows are unchanged.
+    """
+    if threshold is None or row.status != "judged" or row.score is None or row.unsafe is None:
+        return row
+    unsafe = row.score >= threshold
+    if unsafe == bool(row.unsafe):
+        return row
+    label = "不安全" if unsafe else "安全"
+    try:
+        reply = json.loads(row.raw or "")
+        if not isinstance(reply, dict):
+            raise ValueError("not an object")
+        reply["答案"] = label
+    except ValueError:
+        reply = {"答案": label}
+    return dataclasses.replace(row, unsafe=unsafe, label=label, raw=json.dumps(reply, ensure_ascii=False))
 
 
 def output_fields(row: ResultRow) -> dict[str, Any]:

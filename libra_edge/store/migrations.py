@@ -140,6 +140,21 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE runs ADD COLUMN user TEXT;
     """,
+    # 5: which node judged each item, and each node's llama.cpp build and model file (a
+    # run spread over a cluster, or resumed on another machine, keeps its audit trail).
+    """
+    ALTER TABLE results ADD COLUMN node TEXT;
+    CREATE TABLE run_nodes (
+        id            INTEGER PRIMARY KEY,
+        run_id        INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        node          TEXT NOT NULL,
+        host          TEXT,
+        build         TEXT NOT NULL,
+        model_sha256  TEXT NOT NULL,
+        first_seen    TEXT NOT NULL,
+        UNIQUE (run_id, node)
+    );
+    """,
 )
 
 

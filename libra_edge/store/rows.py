@@ -123,6 +123,21 @@ ReviewAction = Literal["decide", "note", "clear", "bulk-confirm", "undo", "impor
 
 
 @dataclass(frozen=True)
+class NodeRow:
+    """A machine (a Ray node, or the local one) that judged items of a run, and with what."""
+
+    node: str
+    """Ray's node id, or `local:HOST` for a run checked without a cluster."""
+    host: str | None
+    build: str
+    """llama.cpp build features (`libra_edge.engine.llama.build_features()`): its arithmetic."""
+    model_sha256: str
+    first_seen: str
+    items: int
+    """Items of the run it judged (stored verdicts)."""
+
+
+@dataclass(frozen=True)
 class ReviewEvent:
     """One entry of an item's review history (append-only; `undo` entries restore an earlier state).
 
