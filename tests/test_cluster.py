@@ -252,7 +252,11 @@ def test_cluster_options_are_checked_before_any_work(tmp_path: Path) -> None:
         (["--actors", "2"], "--actors goes with --cluster ray[=ADDRESS]"),
         (["--cluster", "spark"], "--cluster spark: expected ray or ray=ADDRESS"),
         (["--cluster", "ray", "--threads", "2", "--cpus-per-actor", "4"], "--threads 2 and --cpus-per-actor 4 disagree"),
+        # Nothing listens there: said at once (Ray itself would retry for minutes).
+        (["--cluster", "ray=127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1: Connection refused"),
     ):
         run = cli("batch", str(items), *args, home=tmp_path / "home", timeout=120)
         assert run.returncode == 2 and message in run.stderr, run.stderr
         assert "Traceback" not in run.stderr
+        runs = cli("batch", "--runs", "--json", home=tmp_path / "home", timeout=120)
+        assert json.loads(runs.stdout) == []  # refused before any run was recorded

@@ -212,8 +212,14 @@ def actor_class(**config: Any) -> type[GuardActor]:
     return RunGuardActor
 
 
-def import_ray() -> Any:
-    """Ray, or a LibraError saying what to install."""
+def import_ray(*, quiet: bool = True) -> Any:
+    """Ray, or a LibraError saying what to install.
+
+    `quiet` keeps Ray's C++ logs (read when Ray is first imported) to fatal errors; the
+    CLI's --verbose shows them, as it shows llama.cpp's.
+    """
+    if quiet:
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     try:
         import ray
         import ray.data  # noqa: F401
@@ -234,12 +240,11 @@ class RayExecutor:
 
     # -- the cluster -------------------------------------------------------------------
     def _connect(self, ray: Any) -> None:
-        if not self.verbose:
-            # Ray's own logs (its C++ core worker's on stderr, Ray Data's execution notes)
-            # are shown with --verbose only, as llama.cpp's are.
-            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        if not self.verbose:  # Ray Data's execution notes: with --verbose only
             for name in ("ray", "ray.data"):
                 logging.getLogger(name).setLevel(logging.ERROR)
+        if self.options.address:
+            probe_address(self.options.address)
         kwargs: dict[str, Any] = {"logging_level": logging.INFO if self.verbose else logging.ERROR,
                                   "log_to_driver": self.verbose}
         if self.options.address:
@@ -248,7 +253,7 @@ class RayExecutor:
             kwargs["include_dashboard"] = False  # only when a new local cluster is started
         try:
             ray.init(**kwargs)
-        except TypeError:  # include_dashboard is refused when connecting to a running cluster
+        except (TypeError, ValueError):  # include_dashboard is refused when joining a running cluster
             kwargs.pop("include_dashboard", None)
             ray.init(**kwargs)
         except ConnectionError as exc:
@@ -340,6 +345,28 @@ class RayExecutor:
             # The cluster went away under us (every node lost, the head down).
             raise RunInterrupted(f"the Ray cluster stopped answering: {_first_line(exc)}") from None
         return True
+
+
+def probe_address(address: str) -> None:
+    """Raise LibraError at once when nothing answers at a Ray address (Ray retries for minutes)."""
+    host, port = _host_port(address)
+    try:
+        socket.create_connection((host, port), timeout=10).close()
+    except OSError as exc:
+        raise LibraError(f"--cluster: cannot reach the Ray cluster at {address}: {exc.strerror or exc}",
+                         hint="check the address: `ray status` on the head node prints it") from None
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    """(host, port) of a Ray address: `HOST:PORT`, `ray://HOST:PORT` (Ray's default port 6379)."""
+    bare = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = bare.rpartition(":")
+    if not sep:
+        return bare, 6379
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError:
+        raise LibraError(f"--cluster ray={address}: expected HOST:PORT") from None
 
 
 def _first_line(exc: BaseException) -> str:

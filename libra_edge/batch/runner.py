@@ -421,7 +421,7 @@ class BatchJob:
                              f"the run's is {run.model_sha256[:16]}…",
                              hint="put the same GGUF on every node (see the README's cluster section)")
         first = next(iter(self.store.run_nodes(self.run_id)), None)
-        if first is not None and first.build != build and not getattr(self, "allow_mixed_builds", False):
+        if first is not None and first.build != build and not self.allow_mixed_builds:
             raise MixedBuildError(
                 f"{where} runs another llama.cpp build than {first.host or first.node}, which judged "
                 f"this run first: {build!r} vs {first.build!r}; the same pair would get slightly other "

@@ -327,10 +327,12 @@ def _cluster_options(args: argparse.Namespace) -> Any:
             if value is not None:
                 raise LibraError(f"{flag} goes with --cluster ray[=ADDRESS]")
         return None
-    from libra_edge.batch.cluster import ClusterOptions, import_ray, parse_cluster
+    from libra_edge.batch.cluster import ClusterOptions, import_ray, parse_cluster, probe_address
 
     address = parse_cluster(args.cluster)
-    import_ray()  # say what to install before reading anything
+    import_ray(quiet=not args.verbose)  # say what to install before reading anything
+    if address:
+        probe_address(address)
     if args.threads and args.cpus_per_actor and args.threads != args.cpus_per_actor:
         raise LibraError(f"--threads {args.threads} and --cpus-per-actor {args.cpus_per_actor} disagree: "
                          "an actor runs one llama.cpp thread per CPU Ray gives it; give one of them")
