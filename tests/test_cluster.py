@@ -98,9 +98,9 @@ def cluster_runs(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path, t
         assert imported.returncode == 0, imported.stderr
     same = write_items(work / "same.jsonl", 12, "same")
     other_model = write_items(work / "model.jsonl", 12, "model")
-    driver = write_items(work / "driver.jsonl", 24, "driver")
-    node = write_items(work / "node.jsonl", 36, "node")
-    stop = write_items(work / "stop.jsonl", 36, "stop")
+    driver = write_items(work / "driver.jsonl", 16, "driver")
+    node = write_items(work / "node.jsonl", 24, "node")
+    stop = write_items(work / "stop.jsonl", 20, "stop")
 
     reference = cli("batch", str(same), "--analysis", "all", "--max-new-tokens", "12", "--model", str(model),
                     "--threads", "1", "-o", str(work / "local.jsonl"), home=local)
@@ -182,17 +182,17 @@ def test_a_killed_driver_resumes_locally_with_nothing_lost_or_repeated(cluster_r
     step = cluster_runs["report"]["steps"]["driver"]
     assert step["rc"] == -9 and step["stored_at_kill"] >= 4, step["stderr"]
     before = {r["seq"]: r for r in cluster_runs["before_resume"] if r["status"] == "judged"}
-    assert 4 <= len(before) < 24
+    assert 4 <= len(before) < 16
     resumed = cluster_runs["resumed"]
     assert resumed.returncode == 0, resumed.stderr
     assert f"({'resuming'})" in resumed.stderr and f"{len(before)} already done" in resumed.stderr
     after = rows_of(cluster_runs["db"], cluster_runs["ids"]["driver.jsonl"])
-    assert [r["seq"] for r in after] == list(range(24)) and all(r["status"] == "judged" for r in after)
+    assert [r["seq"] for r in after] == list(range(16)) and all(r["status"] == "judged" for r in after)
     for seq, row in before.items():  # judged on the cluster, kept as they were
         assert {k: after[seq][k] for k in ("score", "raw", "node", "checked_at")} == \
             {k: row[k] for k in ("score", "raw", "node", "checked_at")}
     assert any(r["node"].startswith("local:") for r in after)
-    assert len((cluster_runs["work"] / "driver-out.jsonl").read_text(encoding="utf-8").splitlines()) == 24
+    assert len((cluster_runs["work"] / "driver-out.jsonl").read_text(encoding="utf-8").splitlines()) == 16
 
 
 def test_ctrl_c_stops_the_cluster_work_and_keeps_what_finished(cluster_runs: dict[str, Any]) -> None:
@@ -201,7 +201,7 @@ def test_ctrl_c_stops_the_cluster_work_and_keeps_what_finished(cluster_runs: dic
     assert "stopping after the current item" in step["stderr"] and "Traceback" not in step["stderr"]
     assert "resume with: libra-edge batch --resume" in step["stderr"]
     rows = rows_of(cluster_runs["db"], cluster_runs["ids"]["stop.jsonl"])
-    assert step["stored_at_kill"] <= len(rows) < 36 and all(r["status"] == "judged" for r in rows)
+    assert step["stored_at_kill"] <= len(rows) < 20 and all(r["status"] == "judged" for r in rows)
     info = json.loads(cli("batch", "--run-info", str(cluster_runs["ids"]["stop.jsonl"]), "--json",
                           home=cluster_runs["h1"]).stdout)
     assert info["status"] == "interrupted" and info["done"] == len(rows)
@@ -215,17 +215,17 @@ def test_a_lost_node_has_its_items_judged_elsewhere(cluster_runs: dict[str, Any]
     assert step["rc"] == 0, step["stderr"]
     run_id = cluster_runs["ids"]["node.jsonl"]
     rows = rows_of(cluster_runs["db"], run_id)
-    assert [r["seq"] for r in rows] == list(range(36)) and all(r["status"] == "judged" for r in rows)
+    assert [r["seq"] for r in rows] == list(range(24)) and all(r["status"] == "judged" for r in rows)
     assert sum(1 for r in rows if r["node"] == nodes["head"]) > step["by_node_at_kill"].get(nodes["head"], 0)
     out = [json.loads(line) for line in (cluster_runs["work"] / "node-out.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert [r["id"] for r in out] == [f"node-{i}" for i in range(36)]
+    assert [r["id"] for r in out] == [f"node-{i}" for i in range(24)]
     # The run's record names each node, its build and what it judged (the audit trail).
     info = cli("batch", "--run-info", str(run_id), "--json", home=cluster_runs["h1"])
     record = json.loads(info.stdout)
     assert record["status"] == "finished"
     by_node = {n["node"]: n for n in record["nodes"]}
     assert set(by_node) == {nodes["head"], nodes["worker"]}
-    assert sum(n["items"] for n in by_node.values()) == 36
+    assert sum(n["items"] for n in by_node.values()) == 24
     assert len({n["build"] for n in by_node.values()}) == 1
     # ... and so does the audit report.
     report = json.loads(cli("report", str(run_id), "--format", "json", "-o", "-", home=cluster_runs["h1"]).stdout)

@@ -91,3 +91,28 @@ def test_inputs_at_the_edge_of_the_context_never_overrun_it(tiny_qwen_q8_gguf: P
             verdict = guard.check("问题", response)
             assert json.loads(verdict.raw)["答案"] == verdict.label
             assert verdict.timings.prompt_tokens + verdict.timings.generated_tokens <= 512
+
+
+def test_greedy_asks_the_grammar_about_few_tokens_yet_picks_as_over_the_whole_vocabulary(
+        tiny_qwen_q8_gguf: Path) -> None:
+    # Decoder.greedy asks the grammar about the likeliest 64, then 4,096 tokens before the
+    # whole vocabulary; its choice must be the whole vocabulary's greedy choice, ties to the
+    # lowest id, at every state of the verdict grammar.
+    rng = np.random.default_rng(5)
+    with Guard.load(tiny_qwen_q8_gguf, ctx_per_seq=1024, threads=1) as guard:
+        dec = guard._decoder
+        frame = dec.tokenize('{\n  "答案": "不安全",\n  "分析": "这段回答提供了危险的细节。"\n}')
+        grammar = dec._grammars[0]
+        for depth in range(len(frame)):
+            dec.reset_grammar(0)
+            for tok in frame[:depth]:
+                dec.accept(tok, 0)
+            for trial in range(6):
+                logits = rng.normal(size=dec.n_vocab).astype(np.float32)
+                if trial % 3 == 1:  # ties everywhere, the lowest id must win
+                    logits = np.round(logits, 0)
+                if trial % 3 == 2:  # the likeliest tokens all forbidden: beyond the top 4,096
+                    allowed = np.isfinite(grammar.mask(logits))
+                    logits[allowed] -= 10.0
+                expected = int(np.argmax(grammar.mask(logits)))
+                assert dec.greedy(logits, "", None, 0) == expected, (depth, trial)

@@ -29,7 +29,6 @@ from libra_edge.batch.fields import FieldMap
 from libra_edge.batch.readers import BatchInput, Item
 from libra_edge.batch.transcripts import INPUT_FORMATS, TURN_SELECTIONS
 from libra_edge.engine import Guard
-from libra_edge.engine.decoding import SCHEDULE_VERSION
 from libra_edge.engine.prompt import PROMPT_TEMPLATE_VERSION
 from libra_edge.engine.settings import EngineSettings
 from libra_edge.errors import DiskFullError, LibraError
@@ -191,7 +190,6 @@ def fingerprint(batch: BatchInput, options: BatchOptions, model_sha256: str, set
         "model": model_sha256,
         "settings": settings.verdict_key(),
         "prompt": PROMPT_TEMPLATE_VERSION,
-        "schedule": SCHEDULE_VERSION,
         "analysis": options.analysis,
         "format": options.format,
         "turns": options.turns,
@@ -255,8 +253,7 @@ def _stored_settings(settings: EngineSettings) -> dict[str, Any]:
     from libra_edge.engine import llama
 
     return {**settings.to_dict(), "prompt_template_version": PROMPT_TEMPLATE_VERSION,
-            "schedule_version": SCHEDULE_VERSION, "libra_edge_version": __version__,
-            "build": llama.build_features()}
+            "libra_edge_version": __version__, "build": llama.build_features()}
 
 
 class BatchJob:
@@ -512,8 +509,8 @@ def judge_pairs(guard: GuardLike, pairs: Sequence[tuple[str, str]], analysis: st
         _judge_many(guard, pairs, analysis=analysis == "all", record=record)
         return
     # A fast check decides; only unsafe items pay for an analysis. The engine keeps the
-    # header's (and a long question's) blocks, so the second pass evaluates the response
-    # block again (the same blocks, the same score) and then writes the analysis.
+    # header's and question's blocks, so the second pass evaluates the response block
+    # again (the same blocks, the same score) and then writes the analysis.
     unsafe: list[int] = []
 
     def triage(i: int, outcome: Any) -> None:

@@ -95,6 +95,7 @@ examples:
   libra-edge batch chats.csv --question-field prompt --response-field answer -o out.csv
   zcat logs.jsonl.gz | libra-edge batch - -o judged.jsonl          # JSONL on stdin
   libra-edge batch exports/ --analysis flagged -o audit.jsonl     # a folder of files
+  libra-edge batch logs/ --fast --cluster ray=HEAD:6379 --cpus-per-actor 4 -o out.jsonl  # a Ray cluster
   libra-edge batch --runs                                         # list runs
   libra-edge batch --resume 4 -o judged.jsonl                     # finish run 4
 """

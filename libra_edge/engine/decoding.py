@@ -6,13 +6,9 @@ that differ in the last bits (and, near 0.5, a different verdict). So the tokens
 decide a verdict are always evaluated in the same blocks, whatever ran before:
 
 1. the header (template prefix and the fixed instructions), one batch;
-2. a long question (`QUESTION_BLOCK_MIN_TOKENS` or more), one batch, so that pairs
-   sharing it reuse its KV state; a shorter question opens the next block instead
-   (a batch of a dozen tokens costs a third more per token than a larger one);
+2. the question, one batch;
 3. the response and the template's closing tokens, with a fixed draft of the JSON
    frame that precedes the verdict, one batch.
-
-Which blocks a prompt has depends on the pair's own tokens only.
 
 A block's KV state is reused only when the sequence (or another sequence, by copy)
 holds exactly the same blocks before it, evaluated the same way: reuse then gives the
@@ -33,14 +29,8 @@ from libra_edge.engine import llama
 from libra_edge.engine.grammar import VERDICT_GRAMMAR
 
 
-# A question of at least this many tokens is its own block (reused by pairs sharing it);
-# a shorter one is evaluated with the response. Measured on the 3B Q4_K_M, 2 threads: a
-# 14-token question block plus a 44-token response block took 2.52 s, the 58 tokens as one
-# block 2.21 s (tests/benchmarks/bench_prefill.py).
-QUESTION_BLOCK_MIN_TOKENS = 64
-# Bumped whenever the blocks a prompt is cut into change: the same pair then gets other
-# bits, so a run's fingerprint holds it (a run is never resumed with another schedule).
-SCHEDULE_VERSION = 2
+# Candidates the grammar is asked about before the whole vocabulary (Decoder.greedy).
+GREEDY_CANDIDATES = (64, 4096)
 
 
 @dataclass(frozen=True)
@@ -188,11 +178,29 @@ class Decoder:
         self._grammars[seq].accept(token)
 
     def greedy(self, logits: np.ndarray, text: str, reject: Callable[[str], bool] | None, seq: int = 0) -> int:
-        """The likeliest token the grammar admits (and `reject(text + piece)` does not refuse)."""
+        """The likeliest token the grammar admits (and `reject(text + piece)` does not refuse).
+
+        Ties go to the lowest token id, as `np.argmax` breaks them.
+        """
         grammar = self._grammars[seq]
         best = int(np.argmax(logits))
         if grammar.allows(best, float(logits[best])) and not self._refused(best, text, reject):
             return best
+        # The grammar is asked about the likeliest tokens first, then the whole vocabulary:
+        # a grammar pass over 150k tokens costs tens of milliseconds, over a few hundred,
+        # microseconds. Exact: a token outside the top k has a lower logit than each in it.
+        for k in GREEDY_CANDIDATES:
+            if k >= len(logits):
+                break
+            top = np.argpartition(logits, -k)[-k:]
+            floor = float(logits[top].min())
+            allowed = grammar.allowed_among(logits, top)
+            # Highest logit first, lowest id among equals (np.argmax's order).
+            for tok in sorted((int(t) for t in allowed), key=lambda t: (-float(logits[t]), t)):
+                if float(logits[tok]) <= floor:
+                    break  # a token outside the top k may tie with it: decide over the whole vocabulary
+                if not self._refused(tok, text, reject):
+                    return tok
         masked = grammar.mask(logits)
         while True:
             best = int(np.argmax(masked))

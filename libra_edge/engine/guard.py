@@ -17,7 +17,7 @@ import numpy as np
 from libra_edge import __version__
 from libra_edge.engine import llama
 from libra_edge.engine.chat import ChatTemplate
-from libra_edge.engine.decoding import QUESTION_BLOCK_MIN_TOKENS, Block, Decoder, Generation, JsonStringStream
+from libra_edge.engine.decoding import Block, Decoder, Generation, JsonStringStream
 from libra_edge.engine.scheduler import Request, Scheduler
 from libra_edge.engine.grammar import (
     ANALYSIS_OPENED,
@@ -395,10 +395,9 @@ class Guard:
         )
         q = max(h, min(_common_prefix(prompt, through_question), len(through_question), len(prompt) - 1))
         blocks = [Block(0, tuple(prompt[:h]))]
-        if q - h >= QUESTION_BLOCK_MIN_TOKENS:
+        if q > h:
             blocks.append(Block(h, tuple(prompt[h:q])))
-            h = q
-        return _Prepared(prompt, blocks, prompt[h:], truncated=False)
+        return _Prepared(prompt, blocks, prompt[q:], truncated=False)
 
     def _budget(self) -> int:
         """Tokens the question and response may take together in one sequence.

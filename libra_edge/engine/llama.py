@@ -352,6 +352,18 @@ class Grammar:
         lib().llama_sampler_apply(self.ptr, ctypes.byref(self._one_arr))
         return bool(np.isfinite(self._one["logit"][0]))
 
+    def allowed_among(self, logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Those of `tokens` the grammar admits next (in the order given)."""
+        k = len(tokens)
+        self._all["id"][:k] = tokens
+        self._all["logit"][:k] = logits[tokens]
+        self._all_arr.size = k
+        self._all_arr.sorted = False
+        lib().llama_sampler_apply(self.ptr, ctypes.byref(self._all_arr))
+        n = self._all_arr.size
+        kept = self._all[:n]
+        return np.asarray(kept["id"][np.isfinite(kept["logit"])])
+
     def mask(self, logits: np.ndarray) -> np.ndarray:
         """`logits` with every token the grammar forbids set to -inf."""
         self._all["id"] = self._ids

@@ -5,7 +5,8 @@
 Both runs judge the same Libra-style items (3 responses per question) with the same
 llama.cpp threads: locally, then through a one-node Ray cluster (started here, inside a
 loopback-only network namespace by tests/cluster_harness.py) with one actor of `--cpus`
-CPUs. Items/s is the steady rate, (items - 1) / (last commit - first commit), so neither
+CPUs. Items/s is the steady rate, items committed after the first commit / (last commit -
+first commit), so neither
 figure counts model loading or Ray's start-up; the wall time of each command is printed
 too. Then the driver's side: how many verdicts per second the store commits (one SQLite
 transaction each), which bounds how many actors one driver can keep up with.
@@ -33,7 +34,11 @@ CLI = Path(sys.executable).parent / "libra-edge"
 
 
 def steady_rate(db: Path) -> tuple[float, int]:
-    """(items/s between the first and the last commit, items) of the database's newest run."""
+    """(items/s between the first and the last commit, items) of the database's newest run.
+
+    Items committed together with the first (a cluster returns a batch at once) were
+    judged before the clock starts, so only those committed after it count.
+    """
     conn = sqlite3.connect(db)
     try:
         run = conn.execute("SELECT MAX(id) FROM runs").fetchone()[0]
@@ -42,7 +47,8 @@ def steady_rate(db: Path) -> tuple[float, int]:
     finally:
         conn.close()
     span = stamps[-1] - stamps[0]
-    return ((len(stamps) - 1) / span if span > 0 else float("nan")), len(stamps)
+    after = sum(1 for t in stamps if t > stamps[0])
+    return (after / span if span > 0 else float("nan")), len(stamps)
 
 
 def commit_rate(n: int = 2000) -> float:
