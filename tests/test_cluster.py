@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -159,8 +160,10 @@ def test_a_cluster_run_gives_the_local_rows_bit_for_bit(cluster_runs: dict[str, 
     assert nodes == {cluster_runs["report"]["nodes"]["head"], cluster_runs["report"]["nodes"]["worker"]}
     # Ray's own logs stay quiet: what its C++ core prints before it reads the log level
     # (the level itself, and that this namespace has no route out) is all that shows.
-    noise = [line for line in step["stderr"].splitlines() if line.startswith("[20")
-             and "Failed to determine local IP" not in line and "Set ray log level" not in line]
+    noise = [line for line in step["stderr"].splitlines()
+             if (line.startswith("[20") and "Failed to determine local IP" not in line
+                 and "Set ray log level" not in line)
+             or re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(INFO|WARNING|ERROR)", line)]  # Python's
     assert noise == [] and "Traceback" not in step["stderr"]
 
 

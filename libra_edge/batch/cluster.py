@@ -240,9 +240,6 @@ class RayExecutor:
 
     # -- the cluster -------------------------------------------------------------------
     def _connect(self, ray: Any) -> None:
-        if not self.verbose:  # Ray Data's execution notes: with --verbose only
-            for name in ("ray", "ray.data"):
-                logging.getLogger(name).setLevel(logging.ERROR)
         if self.options.address:
             probe_address(self.options.address)
         kwargs: dict[str, Any] = {"logging_level": logging.INFO if self.verbose else logging.ERROR,
@@ -299,7 +296,7 @@ class RayExecutor:
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = False  # the driver draws its own
         ctx.print_on_execution_start = False
-        if not self.verbose:
+        if not self.verbose:  # Ray's and Ray Data's Python logs: with --verbose only
             for name in ("ray", "ray.data"):
                 logging.getLogger(name).setLevel(logging.ERROR)
         by_seq = {item.seq: item for item in items}
