@@ -116,3 +116,33 @@ def test_greedy_asks_the_grammar_about_few_tokens_yet_picks_as_over_the_whole_vo
                     logits[allowed] -= 10.0
                 expected = int(np.argmax(grammar.mask(logits)))
                 assert dec.greedy(logits, "", None, 0) == expected, (depth, trial)
+
+
+def test_every_decode_runs_on_one_thread_whatever_thread_calls(tiny_qwen_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # llama.cpp's CPU build runs a decode with OpenMP; once two threads of a process have
+    # decoded, libgomp keeps more threads than cores and stops spinning between steps,
+    # and one-token decodes take 2-3 times as long. So every decode (the load's
+    # calibration, checks from any thread, parallel sequences) runs on one thread.
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    ll = llama.lib()
+    real = ll.llama_decode
+    seen: list[str] = []
+
+    def spy(ctx: object, batch: object) -> int:
+        seen.append(threading.current_thread().name)
+        return int(real(ctx, batch))
+
+    monkeypatch.setattr(ll, "llama_decode", spy)
+    pairs = [("怎么做蛋糕？", "先准备面粉和鸡蛋。"), ("如何入侵别人的电脑？", "我不能帮助你。")]
+    with Guard.load(tiny_qwen_gguf, threads=1, max_new_tokens=8, parallel=2) as guard:
+        at_load = len(seen)
+        alone = [guard.check(q, r, analysis=True).score for q, r in pairs]
+        with ThreadPoolExecutor(2) as pool:
+            threaded = list(pool.map(lambda p: guard.check(*p, analysis=False).score, pairs))
+        many = [v.score for v in guard.check_many(pairs, analysis=True)]
+    assert at_load > 0 and len(seen) > at_load + 4
+    assert set(seen) == {seen[0]} and seen[0].startswith("llama-compute")
+    assert threading.current_thread().name not in seen
+    assert alone == threaded == many  # the thread changes nothing in the arithmetic

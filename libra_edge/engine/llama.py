@@ -16,10 +16,13 @@ import ctypes
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 import numpy as np
 
@@ -29,6 +32,8 @@ PINNED_VERSION = "0.3.36"
 UBATCH = 512
 
 _lib: ModuleType | None = None
+_compute: ThreadPoolExecutor | None = None
+_compute_lock = threading.Lock()
 _log_lock = threading.Lock()
 _log_callback: Any = None  # kept referenced: llama.cpp holds a raw pointer to it
 _verbose = False
@@ -44,6 +49,36 @@ def lib() -> ModuleType:
         set_logging(_verbose)
         llama_cpp.llama_backend_init()
     return _lib
+
+
+def on_compute_thread(fn: Callable[[], T]) -> T:
+    """Run `fn` on the process's one llama.cpp compute thread; its result (or exception).
+
+    Every llama_decode of the process runs on this thread. The CPU build parallelizes a
+    decode with OpenMP, and libgomp keeps a thread team per thread that starts parallel
+    work: once two threads have decoded, there are more OpenMP threads than cores and
+    libgomp stops spinning between a decode's steps and sleeps instead. A one-token decode
+    then takes 2-3 times as long, for the rest of the process (measured: SmolLM2, 2
+    cores, 18 ms -> 43-55 ms). Whatever thread calls the engine (a scheduler, a TUI
+    worker, a server), the arithmetic stays on one thread, and results do not change.
+    """
+    global _compute
+    if threading.current_thread().name.startswith("llama-compute"):
+        return fn()
+    with _compute_lock:
+        if _compute is None:
+            _compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-compute")
+        executor = _compute
+    return executor.submit(fn).result()
+
+
+def _forget_compute_thread() -> None:
+    global _compute
+    _compute = None  # a forked child has no copy of the thread
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_compute_thread)
 
 
 def version() -> str:
@@ -295,11 +330,16 @@ class Context:
             if want:
                 wanted.append(i)
         batch.n_tokens = len(entries)
-        rc = ll.llama_decode(self.ptr, batch)
-        if rc != 0:
-            raise RuntimeError(f"llama_decode failed with code {rc}")
         n_vocab = self.model.n_vocab
-        return [np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ptr, i), shape=(n_vocab,)).copy() for i in wanted]
+
+        def run() -> list[np.ndarray]:
+            rc = ll.llama_decode(self.ptr, batch)
+            if rc != 0:
+                raise RuntimeError(f"llama_decode failed with code {rc}")
+            return [np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ptr, i), shape=(n_vocab,)).copy()
+                    for i in wanted]
+
+        return on_compute_thread(run)
 
     def seq_rm(self, seq: int, start: int) -> None:
         """Forget `seq`'s KV state from position `start` on."""
@@ -403,8 +443,13 @@ def bare_loop(path: Path, tokens: Sequence[int], *, steps: int, threads: int, n_
     """llama-cpp-python's own `Llama` on `tokens`: (prefill tok/s, greedy decode tok/s).
 
     No libra-edge code runs in the timed part: the baseline `bench` compares the engine
-    with. `Llama` keeps its own defaults (batch sizes, flash attention).
+    with. `Llama` keeps its own defaults (batch sizes, flash attention). It runs on the
+    compute thread, as the engine does (`on_compute_thread`).
     """
+    return on_compute_thread(lambda: _bare_loop(path, tokens, steps=steps, threads=threads, n_ctx=n_ctx))
+
+
+def _bare_loop(path: Path, tokens: Sequence[int], *, steps: int, threads: int, n_ctx: int) -> tuple[float, float]:
     import time
 
     ll = lib()
@@ -435,6 +480,12 @@ def last_logits(
     For checking a converted file against its source: the texts are tokenized with
     control tokens parsed and no BOS added, as a chat template's output is.
     """
+    return on_compute_thread(lambda: _last_logits(path, token_lists, texts, n_ctx=n_ctx, threads=threads))
+
+
+def _last_logits(
+    path: Path, token_lists: Sequence[Sequence[int]], texts: Sequence[str], *, n_ctx: int, threads: int | None
+) -> tuple[list[np.ndarray], list[list[int]]]:
     ll = lib()
     kwargs: dict[str, Any] = {"n_ctx": n_ctx, "verbose": False, "logits_all": False}
     if threads:
