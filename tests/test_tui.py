@@ -383,3 +383,67 @@ async def test_text_with_markup_brackets_is_shown_verbatim(make_tui: Callable[..
         detail = await wait_for(pilot, lambda: isinstance(app.screen, DetailScreen) and app.screen)
         assert text_of(detail.query_one("#detail-question")) == question
         assert "[src]" in text_of(detail.query_one("#detail-meta"))
+
+
+async def test_the_footer_is_rebuilt_only_when_its_keys_change(make_tui: Callable[..., Any],
+                                                                seeded_store: tuple[Path, int],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from textual.app import App, ComposeResult
+    from textual.binding import Binding
+    from textual.widgets._footer import FooterKey
+
+    from libra_edge.tui.widgets.footer import KeysFooter
+
+    builds: list[int] = []
+    real_compose = KeysFooter.compose
+
+    def compose(footer: KeysFooter) -> ComposeResult:
+        builds.append(id(footer))
+        return real_compose(footer)
+
+    monkeypatch.setattr(KeysFooter, "compose", compose)
+    app = make_tui()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_results(app, pilot)
+        await pilot.pause()
+        footer = screen.query_one(KeysFooter)
+        # Composed once empty at mount, once with the keys: not once per focus move or mount
+        # of a filter widget (Textual's Footer was rebuilt 6 times here, 17 on a big run).
+        assert builds.count(id(footer)) <= 2
+        keys = list(footer.query(FooterKey))
+        shown = [b.key for _node, b, _enabled, _tip in screen.active_bindings.values() if b.show]
+        assert [k.key for k in keys if "-command-palette" not in k.classes] == shown
+        # The cursor moves, a filter reloads the list twice: the same keys, the same widgets.
+        for key in ("down", "down", "f"):
+            await pilot.press(key)
+        await wait_for(pilot, lambda: screen.total == len(FLAGGED_IDS), what="the flagged filter")
+        await pilot.press("f")
+        await wait_for(pilot, lambda: screen.total == len(SEED_ITEMS), what="all again")
+        await pilot.pause()
+        assert list(footer.query(FooterKey)) == keys
+
+    class Toggle(App[None]):
+        BINDINGS = [Binding("x", "go", "Go"), Binding("y", "stay", "Stay")]
+        go_allowed: bool | None = True
+
+        def compose(self) -> ComposeResult:
+            yield KeysFooter()
+
+        def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+            return self.go_allowed if action == "go" else True
+
+    toggle = Toggle()
+    async with toggle.run_test() as pilot:
+        await pilot.pause()
+        footer = toggle.screen.query_one(KeysFooter)
+        assert [(k.key, k._disabled) for k in footer.query(FooterKey)][:2] == [("x", False), ("y", False)]
+        toggle.go_allowed = None  # shown, disabled (drawn dimmed; FooterKey keeps it in _disabled)
+        toggle.refresh_bindings()
+        await pilot.pause()
+        await pilot.pause()
+        assert [(k.key, k._disabled) for k in footer.query(FooterKey)][:2] == [("x", True), ("y", False)]
+        toggle.go_allowed = False  # hidden
+        toggle.refresh_bindings()
+        await pilot.pause()
+        await pilot.pause()
+        assert [k.key for k in footer.query(FooterKey)][:1] == ["y"]

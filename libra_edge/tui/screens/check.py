@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Header, TextArea
+from textual.widgets import Header, TextArea
 
 from libra_edge.tui.messages import AnalysisText, CheckDone, ModelReady, WorkFailed
 from libra_edge.tui.session import model_label
@@ -17,6 +17,7 @@ from libra_edge.tui.widgets.analysis_view import AnalysisView
 from libra_edge.tui.widgets.model_bar import ModelBar
 from libra_edge.tui.widgets.timings_line import TimingsLine
 from libra_edge.tui.widgets.verdict_badge import VerdictBadge
+from libra_edge.tui.widgets.footer import KeysFooter
 
 if TYPE_CHECKING:
     from libra_edge.tui.app import LibraApp
@@ -58,7 +59,7 @@ class CheckScreen(Screen[None]):
             yield TimingsLine(markup=False)
         with Vertical(id="analysis-box"):
             yield AnalysisView(id="analysis")
-        yield Footer()
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "Check"

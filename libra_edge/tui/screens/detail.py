@@ -16,7 +16,7 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Input, Static
+from textual.widgets import Header, Input, Static
 
 from libra_edge.store import ResultRow
 from libra_edge.tui.formatting import gold_analysis, gold_label, score_text
@@ -24,6 +24,7 @@ from libra_edge.tui.messages import ConversationLoaded, ItemLoaded, WorkFailed
 from libra_edge.tui.queue import ResultList, next_undecided, previous_undecided
 from libra_edge.tui.widgets.review_panel import ReviewPanel
 from libra_edge.tui.widgets.verdict_badge import VerdictBadge
+from libra_edge.tui.widgets.footer import KeysFooter
 
 if TYPE_CHECKING:
     from libra_edge.tui.app import LibraApp
@@ -90,7 +91,7 @@ class DetailScreen(Screen[None]):
             yield Static("", id="detail-analysis", classes="detail-text", markup=False)
             yield Static("", id="detail-gold", classes="detail-text", markup=False)
         yield ReviewPanel(id="review")
-        yield Footer()
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.query_one("#detail-question").border_title = "问题 question"

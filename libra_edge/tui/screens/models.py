@@ -8,13 +8,14 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from libra_edge.models import config, registry
 from libra_edge.tui.formatting import human_size
 from libra_edge.tui.messages import ModelsListed, WorkFailed
 from libra_edge.tui.session import model_label
 from libra_edge.tui.widgets.models_table import ModelsTable
+from libra_edge.tui.widgets.footer import KeysFooter
 
 if TYPE_CHECKING:
     from libra_edge.tui.app import LibraApp
@@ -43,7 +44,7 @@ class ModelsScreen(Screen[None]):
         yield Static("", id="models-active", markup=False)
         yield ModelsTable(id="models-table")
         yield Static("", id="model-info", markup=False)
-        yield Footer()
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "Models"

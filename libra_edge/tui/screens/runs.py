@@ -9,7 +9,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from libra_edge.batch.readers import read_inputs
 from libra_edge.batch.runner import BatchJob, BatchOptions, BatchProgress, resume_settings
@@ -22,6 +22,7 @@ from libra_edge.tui.screens.results import ResultsScreen
 from libra_edge.tui.session import ActiveBatch
 from libra_edge.tui.widgets.run_progress import RunProgress
 from libra_edge.tui.widgets.runs_table import RunsTable
+from libra_edge.tui.widgets.footer import KeysFooter
 
 if TYPE_CHECKING:
     from libra_edge.tui.app import LibraApp
@@ -54,7 +55,7 @@ class RunsScreen(Screen[None]):
         yield RunsTable(id="runs-table")
         yield RunProgress(id="run-progress")
         yield Static("", id="run-info", markup=False)
-        yield Footer()
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "Runs"
