@@ -40,10 +40,10 @@ from libra_edge.tui.widgets.footer import KeysFooter
 if TYPE_CHECKING:
     from libra_edge.tui.app import LibraApp
 
-# Rows built per page. Textual's DataTable measures every row it is given and renders
-# the visible ones: 100 rows (three screens of a tall terminal) open and page in about
-# two thirds of the time 200 took (tests/benchmarks/bench_tui.py).
-PAGE_SIZE = 100
+# Rows built per page (Textual's DataTable measures every row it is given and renders the
+# visible ones). Fewer rows open a page a little faster but send the queue keys (n/p) to
+# another page more often (tests/benchmarks/bench_tui.py).
+PAGE_SIZE = 200
 ORDERS: tuple[Order, ...] = ("seq", "score_desc", "score_asc")
 ORDER_WORDS = {"seq": "input order", "score_desc": "score ↓", "score_asc": "score ↑"}
 DECISION_WORDS = {"confirm": "confirmed", "safe": "→ 安全", "unsafe": "→ 不安全"}
