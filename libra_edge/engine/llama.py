@@ -22,14 +22,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
-T = TypeVar("T")
-
 import numpy as np
 
 PINNED_VERSION = "0.3.36"
 # Tokens per micro-batch. Part of the canonical evaluation shape: llama.cpp's CPU kernels
 # give bit-identical results for the same shapes only, so this never varies.
 UBATCH = 512
+
+T = TypeVar("T")
 
 _lib: ModuleType | None = None
 _compute: ThreadPoolExecutor | None = None
@@ -69,7 +69,21 @@ def on_compute_thread(fn: Callable[[], T]) -> T:
         if _compute is None:
             _compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-compute")
         executor = _compute
-    return executor.submit(fn).result()
+    future = executor.submit(fn)
+    interrupted: KeyboardInterrupt | None = None
+    while True:
+        try:
+            value = future.result()
+            break
+        except KeyboardInterrupt as exc:
+            # Ctrl-C reaches the waiting thread, not the decode: let the decode finish
+            # before the caller unwinds (and perhaps frees the context it is using).
+            if future.done():
+                raise
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+    return value
 
 
 def _forget_compute_thread() -> None:

@@ -14,10 +14,10 @@ from textual.widgets import Header, TextArea
 from libra_edge.tui.messages import AnalysisText, CheckDone, ModelReady, WorkFailed
 from libra_edge.tui.session import model_label
 from libra_edge.tui.widgets.analysis_view import AnalysisView
+from libra_edge.tui.widgets.footer import KeysFooter
 from libra_edge.tui.widgets.model_bar import ModelBar
 from libra_edge.tui.widgets.timings_line import TimingsLine
 from libra_edge.tui.widgets.verdict_badge import VerdictBadge
-from libra_edge.tui.widgets.footer import KeysFooter
 
 if TYPE_CHECKING:
     from libra_edge.tui.app import LibraApp

@@ -22,9 +22,9 @@ from libra_edge.store import ResultRow
 from libra_edge.tui.formatting import gold_analysis, gold_label, score_text
 from libra_edge.tui.messages import ConversationLoaded, ItemLoaded, WorkFailed
 from libra_edge.tui.queue import ResultList, next_undecided, previous_undecided
+from libra_edge.tui.widgets.footer import KeysFooter
 from libra_edge.tui.widgets.review_panel import ReviewPanel
 from libra_edge.tui.widgets.verdict_badge import VerdictBadge
-from libra_edge.tui.widgets.footer import KeysFooter
 
 if TYPE_CHECKING:
     from libra_edge.tui.app import LibraApp

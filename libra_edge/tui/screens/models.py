@@ -14,8 +14,8 @@ from libra_edge.models import config, registry
 from libra_edge.tui.formatting import human_size
 from libra_edge.tui.messages import ModelsListed, WorkFailed
 from libra_edge.tui.session import model_label
-from libra_edge.tui.widgets.models_table import ModelsTable
 from libra_edge.tui.widgets.footer import KeysFooter
+from libra_edge.tui.widgets.models_table import ModelsTable
 
 if TYPE_CHECKING:
     from libra_edge.tui.app import LibraApp

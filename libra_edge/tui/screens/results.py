@@ -33,9 +33,9 @@ from libra_edge.tui.screens.confirm import ConfirmScreen
 from libra_edge.tui.screens.detail import DetailScreen
 from libra_edge.tui.screens.export import ExportRequest, ExportScreen
 from libra_edge.tui.screens.summary import SummaryScreen
+from libra_edge.tui.widgets.footer import KeysFooter
 from libra_edge.tui.widgets.results_filters import ResultsFilters
 from libra_edge.tui.widgets.results_table import ResultsTable
-from libra_edge.tui.widgets.footer import KeysFooter
 
 if TYPE_CHECKING:
     from libra_edge.tui.app import LibraApp

@@ -20,9 +20,9 @@ from libra_edge.tui.messages import BatchEnded, BatchProgressed, BatchStarted, R
 from libra_edge.tui.screens.launch import LaunchRequest, LaunchScreen
 from libra_edge.tui.screens.results import ResultsScreen
 from libra_edge.tui.session import ActiveBatch
+from libra_edge.tui.widgets.footer import KeysFooter
 from libra_edge.tui.widgets.run_progress import RunProgress
 from libra_edge.tui.widgets.runs_table import RunsTable
-from libra_edge.tui.widgets.footer import KeysFooter
 
 if TYPE_CHECKING:
     from libra_edge.tui.app import LibraApp

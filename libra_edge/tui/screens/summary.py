@@ -11,8 +11,8 @@ from textual.screen import Screen
 from textual.widgets import Header
 
 from libra_edge.tui.messages import SummaryReady, WorkFailed
-from libra_edge.tui.widgets.summary_panel import SummaryPanel
 from libra_edge.tui.widgets.footer import KeysFooter
+from libra_edge.tui.widgets.summary_panel import SummaryPanel
 
 if TYPE_CHECKING:
     from libra_edge.tui.app import LibraApp

@@ -2,8 +2,8 @@
 
 Textual's Footer rebuilds all its key widgets whenever the screen says its bindings may
 have changed: on every focus move, and many times while a screen is being mounted.
-Opening a run's results rebuilt it 17 times (about 0.6 s of the 2 s it took on a 2-core
-VM) for the same keys each time.
+Opening a 10,000-item run's results rebuilt it 17 times (about 0.6 s of the 2.5 s it took
+under a profiler on a 2-core VM) for the same keys each time.
 """
 
 from __future__ import annotations
