@@ -2,8 +2,8 @@
 
 Everything the engine, the converter, `bench` and `doctor` need from llama.cpp is here:
 loading a model and creating a context, tokens and pieces, filling a batch and reading
-logits, KV-memory operations, the grammar sampler, quantization, build information and
-log silencing. llama-cpp-python's 0.3.x releases follow llama.cpp's main branch and its
+logits (on the process's one compute thread), KV-memory operations, the grammar
+sampler, quantization, build information and log silencing. llama-cpp-python's 0.3.x releases follow llama.cpp's main branch and its
 ctypes structures change between patch releases, so the version is pinned exactly
 (`PINNED_VERSION`) and struct fields are set through `set_fields`, which refuses a field
 name the structure does not have (a ctypes Structure silently accepts unknown attributes,
@@ -33,6 +33,7 @@ T = TypeVar("T")
 
 _lib: ModuleType | None = None
 _compute: ThreadPoolExecutor | None = None
+_compute_ident: int | None = None  # the compute thread's id, once it runs
 _compute_lock = threading.Lock()
 _log_lock = threading.Lock()
 _log_callback: Any = None  # kept referenced: llama.cpp holds a raw pointer to it
@@ -63,11 +64,12 @@ def on_compute_thread(fn: Callable[[], T]) -> T:
     worker, a server), the arithmetic stays on one thread, and results do not change.
     """
     global _compute
-    if threading.current_thread().name.startswith("llama-compute"):
+    if threading.get_ident() == _compute_ident:  # already there (a call from within fn)
         return fn()
     with _compute_lock:
         if _compute is None:
-            _compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-compute")
+            _compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-compute",
+                                          initializer=_mark_compute_thread)
         executor = _compute
     future = executor.submit(fn)
     interrupted: KeyboardInterrupt | None = None
@@ -86,9 +88,14 @@ def on_compute_thread(fn: Callable[[], T]) -> T:
     return value
 
 
+def _mark_compute_thread() -> None:
+    global _compute_ident
+    _compute_ident = threading.get_ident()
+
+
 def _forget_compute_thread() -> None:
-    global _compute
-    _compute = None  # a forked child has no copy of the thread
+    global _compute, _compute_ident
+    _compute = _compute_ident = None  # a forked child has no copy of the thread
 
 
 if hasattr(os, "register_at_fork"):
