@@ -411,8 +411,25 @@ async def test_the_footer_is_rebuilt_only_when_its_keys_change(make_tui: Callabl
         # of a filter widget (Textual's Footer was rebuilt 6 times here, 17 on a big run).
         assert builds.count(id(footer)) <= 2
         keys = list(footer.query(FooterKey))
-        shown = [b.key for _node, b, _enabled, _tip in screen.active_bindings.values() if b.show]
-        assert [k.key for k in keys if "-command-palette" not in k.classes] == shown
+
+        def drawn() -> list[str]:
+            return [k.key for k in footer.query(FooterKey) if k.display and "-command-palette" not in k.classes]
+
+        def shown() -> list[str]:
+            return [b.key for _node, b, _enabled, _tip in screen.active_bindings.values() if b.show]
+
+        assert drawn() == shown()
+        # Into the search box (Textual drops the letter keys there: typing goes to the box)
+        # and back: the keys are hidden and shown again, not rebuilt.
+        await pilot.press("slash")
+        await wait_for(pilot, lambda: screen.query_one("#search").has_focus, what="the search box")
+        await pilot.pause()
+        assert "f" not in drawn() and drawn() == shown()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen.query_one(ResultsTable).has_focus, what="the table")
+        await pilot.pause()
+        assert "f" in drawn() and drawn() == shown()
+        assert builds.count(id(footer)) <= 2
         # The cursor moves, a filter reloads the list twice: the same keys, the same widgets.
         for key in ("down", "down", "f"):
             await pilot.press(key)
@@ -446,4 +463,82 @@ async def test_the_footer_is_rebuilt_only_when_its_keys_change(make_tui: Callabl
         toggle.refresh_bindings()
         await pilot.pause()
         await pilot.pause()
-        assert [k.key for k in footer.query(FooterKey)][:1] == ["y"]
+        assert [k.key for k in footer.query(FooterKey) if k.display][:1] == ["y"]
+        toggle.go_allowed = True  # shown again, enabled
+        toggle.refresh_bindings()
+        await pilot.pause()
+        await pilot.pause()
+        assert [(k.key, k._disabled) for k in footer.query(FooterKey) if k.display][:2] == [("x", False), ("y", False)]
+
+
+
+async def test_the_table_keeps_its_drawn_cells_across_focus_moves_and_draws_them_right(
+        make_tui: Callable[..., Any], seeded_store: tuple[Path, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    from textual.geometry import Region
+    from textual.widgets import DataTable
+
+    drawn_cells: list[int] = []
+    real_render_cell = ResultsTable._render_cell
+
+    def render_cell(table: ResultsTable, *args: Any, **kwargs: Any) -> Any:
+        drawn_cells.append(1)
+        return real_render_cell(table, *args, **kwargs)
+
+    monkeypatch.setattr(ResultsTable, "_render_cell", render_cell)
+    app = make_tui()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_results(app, pilot)
+        table = screen.query_one(ResultsTable)
+        field = screen.query_one("#search", Input)
+
+        def lines() -> list[list[tuple[str, object]]]:
+            strips = table.render_lines(Region(0, 0, *table.outer_size))
+            return [[(segment.text, segment.style) for segment in strip] for strip in strips]
+
+        def as_if_new() -> list[list[tuple[str, object]]]:
+            """What the table draws with every cache dropped (DataTable's own style update)."""
+            kept = lines()
+            DataTable.notify_style_update(table)
+            fresh = lines()
+            assert kept == fresh
+            return fresh
+
+        async def focus(widget: Any) -> None:
+            widget.focus()
+            await wait_for(pilot, lambda: widget.has_focus, what=f"focus on {widget}")
+            await pilot.pause()
+            await pilot.pause()
+
+        focused = as_if_new()
+        await focus(field)
+        blurred = as_if_new()
+        assert focused != blurred  # the cursor row is drawn differently without the focus
+        await focus(table)
+        assert as_if_new() == focused
+        # Both states drawn once: moving the focus again draws no cell, and draws the same.
+        await focus(field)
+        await focus(table)
+        drawn_cells.clear()
+        await focus(field)
+        assert lines() == blurred
+        await focus(table)
+        assert lines() == focused
+        assert drawn_cells == []
+        # A real style change is drawn, not served from the cache: another theme (every
+        # row's colours), and a rule that changes only the focused cursor's colour.
+        app.theme = "textual-light" if app.theme != "textual-light" else "nord"
+        await pilot.pause()
+        await pilot.pause()
+        light = as_if_new()
+        assert light != focused
+        app.stylesheet.add_source("ResultsTable.-red-cursor:focus > .datatable--cursor { background: red; }",
+                                  read_from=("test", "red cursor"))
+        app.refresh_css(animate=False)
+        await focus(field)
+        table.add_class("-red-cursor")
+        await focus(table)
+        red = as_if_new()
+        assert red != light
+        await focus(field)
+        await focus(table)
+        assert as_if_new() == red

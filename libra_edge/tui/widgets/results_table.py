@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.text import Text
 from textual.binding import Binding
 from textual.coordinate import Coordinate
 from textual.events import Resize
 from textual.message import Message
+from textual.widget import Widget
 from textual.widgets import DataTable
 
 from libra_edge.store import ResultRow
@@ -26,6 +28,27 @@ FIXED = (
 )
 MIN_TEXT = 20  # the narrowest the question and the response columns get
 COLUMNS = tuple(key for key, _, _ in FIXED) + ("question", "response")
+
+
+class Cell:
+    """A cell's text, drawn as is and never measured.
+
+    DataTable measures every new cell's width, even in columns of a fixed width (all of
+    this table's are), and each measure asks the OS for the terminal's size: a page's
+    2,000 cells took about a sixth of a page turn. A renderable without `__rich_measure__`
+    is not measured.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: Text) -> None:
+        self.text = text
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.text
+
+    def __str__(self) -> str:
+        return self.text.plain
 
 
 class ResultsTable(DataTable[object]):
@@ -50,6 +73,35 @@ class ResultsTable(DataTable[object]):
         self.marked: tuple[int, int] | None = None
         """A range of list positions (inclusive) marked for a bulk decision."""
         self._text_widths = (0, 0)
+        self._styles_seen: dict[object, tuple[object, ...]] = {}
+        """The table's styles under each pseudo-class state (focus, hover, enabled) its cached cells were drawn with."""
+
+    # DataTable drops every drawn cell on any style update, and a focus move is one: each
+    # move between the table and the search box drew the page's ~300 cells again (about a
+    # third of the move on a 2-core VM). Its cell, row and line caches are keyed by the
+    # pseudo-class state as well as the row's style, so while the table's styles in a
+    # state are what they were when that state was last drawn, its cached cells are right.
+    def notify_style_update(self) -> None:
+        state = self.get_pseudo_class_state()
+        Widget.notify_style_update(self)  # the widget's own style caches, so the signature is fresh
+        try:
+            signature = self._style_signature()
+        except KeyError:  # not mounted yet: no component styles
+            super().notify_style_update()
+            return
+        if self._styles_seen.get(state) == signature and hasattr(self, "_get_styles_to_render_cell"):
+            self._styles_cache.clear()
+            self._get_styles_to_render_cell.cache_clear()  # keyed without the state: cursor colours
+            self.refresh()
+            return
+        if state in self._styles_seen:  # the styles themselves changed (a theme): nothing kept is right
+            self._styles_seen.clear()
+        self._styles_seen[state] = signature
+        super().notify_style_update()
+
+    def _style_signature(self) -> tuple[object, ...]:
+        return (self.rich_style, *(self.get_component_rich_style(name, partial=True)
+                                   for name in sorted(self.COMPONENT_CLASSES)))
 
     # Columns are built with the first page, once the table knows its width: building
     # them at mount (width 0) would mean building every row twice.
@@ -115,20 +167,20 @@ class ResultsTable(DataTable[object]):
         for i, row in enumerate(self.rows_shown):
             self.update_cell_at(Coordinate(i, 0), self._number(row, self.page_offset + i))
 
-    def _number(self, row: ResultRow, position: int) -> Text:
+    def _number(self, row: ResultRow, position: int) -> Cell:
         lo, hi = self.marked or (-1, -2)
         if lo <= position <= hi:
-            return Text(f"▌{row.seq + 1}", style="bold magenta")
-        return Text(str(row.seq + 1))
+            return Cell(Text(f"▌{row.seq + 1}", style="bold magenta"))
+        return Cell(Text(str(row.seq + 1)))
 
-    def _cells(self, row: ResultRow, position: int) -> tuple[object, ...]:
+    def _cells(self, row: ResultRow, position: int) -> tuple[Cell, ...]:
         category = row.category or ""
         if row.sub_category:
             category = f"{category}/{row.sub_category}" if category else row.sub_category
         question_w, response_w = self._text_widths
         # Text, not str: a DataTable parses str cells as markup, and user text may hold `[...]`.
-        cells: list[object] = [
-            self._number(row, position),
+        cells: list[Text] = [
+            self._number(row, position).text,
             Text(preview(row.item_id or "", 14)),
             verdict_cell(row.label, row.error),
             Text(score_text(row.score)),
@@ -142,7 +194,7 @@ class ResultsTable(DataTable[object]):
             Text(preview(row.question, question_w)),
             Text(preview(row.response, response_w), style="dim" if not row.flagged else ""),
         ]
-        return tuple(cells)
+        return tuple(Cell(text) for text in cells)
 
     # Moving past either end of the page asks for the neighbouring page, so scrolling
     # through a 10,000-item run feels continuous while only one page is ever built.
