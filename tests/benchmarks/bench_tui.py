@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import statistics
 import sys
@@ -27,11 +28,22 @@ sys.path.insert(0, str(ROOT))
 
 
 class StallMeter:
-    """Measures the longest gap between ticks of a 5 ms asyncio heartbeat."""
+    """The longest gap between ticks of a 5 ms asyncio heartbeat, and the time spent in
+    Python's garbage collector meanwhile (a full collection takes 0.1-0.25 s here and
+    lands wherever the allocations make it due, so it explains many a slow operation)."""
 
     def __init__(self) -> None:
         self.worst = 0.0
+        self.gc_seconds = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._gc_started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._task is not None:
+            self.gc_seconds += time.perf_counter() - self._gc_started
 
     async def _beat(self) -> None:
         last = time.perf_counter()
@@ -42,13 +54,15 @@ class StallMeter:
             last = now
 
     def start(self) -> None:
-        self.worst = 0.0
+        self.worst = self.gc_seconds = 0.0
         self._task = asyncio.get_running_loop().create_task(self._beat())
 
-    def stop(self) -> float:
+    def stop(self) -> tuple[float, float]:
+        """(longest stall, seconds in the garbage collector) since `start`."""
         assert self._task is not None
         self._task.cancel()
-        return self.worst
+        self._task = None
+        return self.worst, self.gc_seconds
 
 
 # The keys the benchmark presses, as Textual's pilot names them, with their characters.
@@ -84,8 +98,9 @@ async def settle(app: Any) -> None:
 
 
 async def timed(app: Any, meter: StallMeter, action: Callable[[], Any], done: Callable[[], bool],
-                timeout: float = 60.0) -> tuple[float, float]:
-    """Seconds from `action()` until `done()` and the screen painted, and the worst loop stall in between."""
+                timeout: float = 60.0) -> tuple[float, float, float]:
+    """Seconds from `action()` until `done()` and the screen painted; the worst loop stall
+    and the seconds in the garbage collector in between."""
     meter.start()
     t0 = time.perf_counter()
     result = action()
@@ -97,7 +112,7 @@ async def timed(app: Any, meter: StallMeter, action: Callable[[], Any], done: Ca
         await asyncio.sleep(0.001)
     await painted(app)
     elapsed = time.perf_counter() - t0
-    return elapsed, meter.stop()
+    return (elapsed, *meter.stop())
 
 
 async def run(items: int, scroll: int) -> None:
@@ -108,7 +123,7 @@ async def run(items: int, scroll: int) -> None:
 
     app = make_app(start_dir=Path(tempfile.gettempdir()))
     meter = StallMeter()
-    rows: list[tuple[str, float, float]] = []
+    rows: list[tuple[str, float, float, float]] = []
     async with app.run_test(size=(140, 45)) as pilot:
         await pilot.press("f2")
         while not app.screen.query(RunsTable) or not app.screen.query_one(RunsTable).row_count:
@@ -134,7 +149,7 @@ async def run(items: int, scroll: int) -> None:
             pages.append(await timed(app, meter, lambda: send(app, "right_square_bracket"), request_done(before)))
             await settle(app)
         rows.append((f"next page ({PAGE_SIZE} rows), mean of 20", statistics.mean(p[0] for p in pages),
-                     max(p[1] for p in pages)))
+                     max(p[1] for p in pages), statistics.mean(p[2] for p in pages)))
 
         # Holding ↓: each key is sent once the previous one has moved the cursor and been
         # painted (a held key repeats faster than that, so this is the rate the user sees).
@@ -148,8 +163,9 @@ async def run(items: int, scroll: int) -> None:
             while screen.page_offset + table.cursor_row == here:
                 await asyncio.sleep(0.001)
             await painted(app)
-        rows.append((f"scroll {scroll} rows with ↓ (crosses pages), per key", (time.perf_counter() - t0) / scroll,
-                     meter.stop()))
+        elapsed = time.perf_counter() - t0
+        stall, in_gc = meter.stop()
+        rows.append((f"scroll {scroll} rows with ↓ (crosses pages), per key", elapsed / scroll, stall, in_gc / scroll))
         await settle(app)
 
         for label, key in (("filter: flagged only", "f"), ("sort: score high→low", "o")):
@@ -210,12 +226,12 @@ async def run(items: int, scroll: int) -> None:
         t0 = time.perf_counter()
         dt.show_page(every, 0)
         await painted(all_app)
-        rows.append((f"(contrast) all {len(every):,} rows in one DataTable", time.perf_counter() - t0, meter.stop()))
+        rows.append((f"(contrast) all {len(every):,} rows in one DataTable", time.perf_counter() - t0, *meter.stop()))
 
     print(f"\nTUI results browser, run of {items:,} items (last search matched {shown:,})")
-    print(f"{'operation':<52} {'time':>10} {'worst stall':>12}")
-    for label, t, stall in rows:
-        print(f"{label:<52} {t * 1000:>8.1f}ms {stall * 1000:>10.1f}ms")
+    print(f"{'operation':<52} {'time':>10} {'worst stall':>12} {'of which GC':>12}")
+    for label, t, stall, in_gc in rows:
+        print(f"{label:<52} {t * 1000:>8.1f}ms {stall * 1000:>10.1f}ms {in_gc * 1000:>10.1f}ms")
 
 
 def main() -> None:
