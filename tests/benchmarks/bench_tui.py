@@ -37,13 +37,19 @@ class StallMeter:
         self.gc_seconds = 0.0
         self._task: asyncio.Task[None] | None = None
         self._gc_started = 0.0
+        self.full_collections: list[float] = []
+        """Seconds of each full (oldest-generation) collection, whether an operation was timed or not."""
         gc.callbacks.append(self._on_gc)
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._gc_started = time.perf_counter()
-        elif self._task is not None:
-            self.gc_seconds += time.perf_counter() - self._gc_started
+            return
+        took = time.perf_counter() - self._gc_started
+        if info["generation"] == 2:
+            self.full_collections.append(took)
+        if self._task is not None:
+            self.gc_seconds += took
 
     async def _beat(self) -> None:
         last = time.perf_counter()
@@ -144,11 +150,12 @@ async def run(items: int, scroll: int) -> None:
             return lambda: screen._request > before and screen.query_one("#pager").render().plain[:5] != "loadi"
 
         pages = []
-        for _ in range(20):
+        turns = min(20, (screen.total - 1) // PAGE_SIZE)
+        for _ in range(turns):
             before = screen._request
             pages.append(await timed(app, meter, lambda: send(app, "right_square_bracket"), request_done(before)))
             await settle(app)
-        rows.append((f"next page ({PAGE_SIZE} rows), mean of 20", statistics.mean(p[0] for p in pages),
+        rows.append((f"next page ({PAGE_SIZE} rows), mean of {turns}", statistics.mean(p[0] for p in pages),
                      max(p[1] for p in pages), statistics.mean(p[2] for p in pages)))
 
         # Holding ↓: each key is sent once the previous one has moved the cursor and been
@@ -232,6 +239,10 @@ async def run(items: int, scroll: int) -> None:
     print(f"{'operation':<52} {'time':>10} {'worst stall':>12} {'of which GC':>12}")
     for label, t, stall, in_gc in rows:
         print(f"{label:<52} {t * 1000:>8.1f}ms {stall * 1000:>10.1f}ms {in_gc * 1000:>10.1f}ms")
+    full = meter.full_collections
+    if full:
+        print(f"full garbage collections while the app ran: {len(full)}, "
+              f"{min(full) * 1000:.0f}-{max(full) * 1000:.0f}ms each (median {statistics.median(full) * 1000:.0f}ms)")
 
 
 def main() -> None:
