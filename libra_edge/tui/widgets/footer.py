@@ -10,7 +10,7 @@ footer, about half of the move's 0.15-0.3 s.
 
 `KeysFooter` skips a rebuild when the shown keys, their state and tooltips are unchanged,
 and when the keys now shown are some of the key widgets it already has (in the same
-order) it hides the others and updates the state and tooltip of the rest in place.
+order and enabled state) it hides the others and updates the tooltips in place.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ class KeysFooter(Footer):
 
         Follows Footer.compose: one key per action (the first binding for it), in the
         order of the screen's bindings, then the command palette's key. False (rebuild)
-        when the keys are grouped, or one of them has no widget in the right order.
+        when the keys are grouped, one of them has no widget in the right order, or one
+        was enabled or disabled since.
         """
         if self.query(KeyGroup):
             return False
@@ -82,21 +83,17 @@ class KeysFooter(Footer):
         palette_wanted = bool(self.show_command_palette and self.app.ENABLE_COMMAND_PALETTE and palette_binding)
         if palette_wanted != bool(palette):
             return False
+        if palette and palette_binding is not None:
+            _node, binding, enabled, _tooltip = palette_binding
+            updates.append((palette[0], enabled, binding.tooltip or binding.description))
+        # A key is made enabled or disabled when it is built (a click on a disabled one rings
+        # the bell): a key whose state changed means a rebuild.
+        if any(widget.has_class("-disabled") == enabled for widget, enabled, _tooltip in updates):
+            return False
         shown = {id(widget) for widget, _enabled, _tooltip in updates}
         for widget in widgets:
             widget.display = id(widget) in shown
-        for widget, enabled, tooltip in updates:
-            self._set_state(widget, enabled, tooltip)
-        if palette and palette_binding is not None:
-            _node, binding, enabled, _tooltip = palette_binding
-            self._set_state(palette[0], enabled, binding.tooltip or binding.description)
+        for widget, _enabled, tooltip in updates:
+            if (widget.tooltip or "") != (tooltip or ""):
+                widget.tooltip = tooltip or None
         return True
-
-    @staticmethod
-    def _set_state(widget: FooterKey, enabled: bool, tooltip: str) -> None:
-        """A key widget's enabled state (drawn dimmed when not) and tooltip, as FooterKey sets them."""
-        if widget._disabled == enabled:
-            widget._disabled = not enabled
-            widget.set_class(not enabled, "-disabled")
-        if (widget.tooltip or "") != (tooltip or ""):
-            widget.tooltip = tooltip or None
