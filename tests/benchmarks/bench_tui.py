@@ -87,7 +87,7 @@ def send(app: Any, key: str) -> None:
 
     event = events.Key(key, CHARACTERS.get(key))
     event.set_sender(app)
-    app._driver.send_message(event)
+    app.post_message(event)
 
 
 async def painted(app: Any) -> None:
