@@ -471,7 +471,6 @@ async def test_the_footer_is_rebuilt_only_when_its_keys_change(make_tui: Callabl
         assert [(k.key, k._disabled) for k in footer.query(FooterKey) if k.display][:2] == [("x", False), ("y", False)]
 
 
-
 async def test_the_table_keeps_its_drawn_cells_across_focus_moves_and_draws_them_right(
         make_tui: Callable[..., Any], seeded_store: tuple[Path, int], monkeypatch: pytest.MonkeyPatch) -> None:
     from textual.geometry import Region

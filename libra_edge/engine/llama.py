@@ -2,12 +2,13 @@
 
 Everything the engine, the converter, `bench` and `doctor` need from llama.cpp is here:
 loading a model and creating a context, tokens and pieces, filling a batch and reading
-logits (on the process's one compute thread), KV-memory operations, the grammar
-sampler, quantization, build information and log silencing. llama-cpp-python's 0.3.x releases follow llama.cpp's main branch and its
-ctypes structures change between patch releases, so the version is pinned exactly
-(`PINNED_VERSION`) and struct fields are set through `set_fields`, which refuses a field
-name the structure does not have (a ctypes Structure silently accepts unknown attributes,
-so a renamed field would otherwise stop applying without a sound).
+logits (on the process's one compute thread), KV-memory operations, the grammar sampler,
+quantization, build information and log silencing. llama-cpp-python's 0.3.x releases
+follow llama.cpp's main branch and its ctypes structures change between patch releases, so
+the version is pinned exactly (`PINNED_VERSION`) and struct fields are set through
+`set_fields`, which refuses a field name the structure does not have (a ctypes Structure
+silently accepts unknown attributes, so a renamed field would otherwise stop applying
+without a sound).
 """
 
 from __future__ import annotations

@@ -59,8 +59,9 @@ class KeysFooter(Footer):
         """
         if self.query(KeyGroup):
             return False
-        widgets = [w for w in self.query_children(FooterKey) if "-command-palette" not in w.classes]
-        palette = [w for w in self.query_children(FooterKey) if "-command-palette" in w.classes]
+        keys = list(self.query_children(FooterKey))
+        widgets = [w for w in keys if "-command-palette" not in w.classes]
+        palette = [w for w in keys if "-command-palette" in w.classes]
         wanted: dict[str, tuple[Binding, bool, str]] = {}
         for _node, binding, enabled, tooltip in screen.active_bindings.values():
             if binding.show:

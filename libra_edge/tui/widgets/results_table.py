@@ -165,13 +165,13 @@ class ResultsTable(DataTable[object]):
         """Mark a range of list positions (the `#` column shows ▌ on marked rows)."""
         self.marked = marked
         for i, row in enumerate(self.rows_shown):
-            self.update_cell_at(Coordinate(i, 0), self._number(row, self.page_offset + i))
+            self.update_cell_at(Coordinate(i, 0), Cell(self._number(row, self.page_offset + i)))
 
-    def _number(self, row: ResultRow, position: int) -> Cell:
+    def _number(self, row: ResultRow, position: int) -> Text:
         lo, hi = self.marked or (-1, -2)
         if lo <= position <= hi:
-            return Cell(Text(f"▌{row.seq + 1}", style="bold magenta"))
-        return Cell(Text(str(row.seq + 1)))
+            return Text(f"▌{row.seq + 1}", style="bold magenta")
+        return Text(str(row.seq + 1))
 
     def _cells(self, row: ResultRow, position: int) -> tuple[Cell, ...]:
         category = row.category or ""
@@ -180,7 +180,7 @@ class ResultsTable(DataTable[object]):
         question_w, response_w = self._text_widths
         # Text, not str: a DataTable parses str cells as markup, and user text may hold `[...]`.
         cells: list[Text] = [
-            self._number(row, position).text,
+            self._number(row, position),
             Text(preview(row.item_id or "", 14)),
             verdict_cell(row.label, row.error),
             Text(score_text(row.score)),
