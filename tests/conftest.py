@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+REFERENCE = Path(__file__).resolve().parent / "data"
 
 # Fixture modules, one per area, so that each area's fixtures live beside each other.
 pytest_plugins = [
@@ -31,11 +31,14 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """The read-only reference material beside the project (`../shared`)."""
-    if not SHARED.is_dir():
-        pytest.fail(f"reference folder {SHARED} is missing: tests need ../shared")
-    return SHARED
+def reference_dir() -> Path:
+    """The reference material the tests read, kept in the repository (`tests/data/`).
+
+    `libra/prompt_golden.json` (the authors' template, byte-exact, for three pairs) and
+    `libra/sample_libra_test.json` (24 hand-written Libra-Test-format items): a clone
+    anywhere needs nothing outside itself to run its tests.
+    """
+    return REFERENCE
 
 
 @pytest.fixture

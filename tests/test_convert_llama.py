@@ -103,8 +103,8 @@ def test_tokenizer_model_is_read_as_the_sentencepiece_library_reads_it(llama_tok
     assert ours.byte_fallback and not ours.add_dummy_prefix and not ours.remove_extra_whitespaces
 
 
-def test_llama_cpp_token_ids_equal_transformers_on_corpus(shared_dir: Path, hf_tokenizer: Any, llama_vocab: Any) -> None:
-    texts = corpus(shared_dir)
+def test_llama_cpp_token_ids_equal_transformers_on_corpus(reference_dir: Path, hf_tokenizer: Any, llama_vocab: Any) -> None:
+    texts = corpus(reference_dir)
     assert len(texts) >= 200
     mismatches, byte_tokens = [], 0
     for text in texts:

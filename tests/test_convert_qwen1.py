@@ -65,9 +65,9 @@ def qwen1_vocab(tiny_qwen1_gguf: Path) -> Any:
 
 
 def test_llama_cpp_token_ids_equal_qwen1_tokenizer_on_corpus(
-    shared_dir: Path, qwen1_reference_tokenizer: Any, qwen1_vocab: Any
+    reference_dir: Path, qwen1_reference_tokenizer: Any, qwen1_vocab: Any
 ) -> None:
-    texts = corpus(shared_dir) + [f"<|extra_{i}|>" for i in (0, 57, 204)]
+    texts = corpus(reference_dir) + [f"<|extra_{i}|>" for i in (0, 57, 204)]
     assert len(texts) >= 200
     mismatches = []
     for text in texts:

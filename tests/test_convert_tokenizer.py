@@ -66,12 +66,12 @@ CODE_AND_MIXED = [
 ]
 
 
-def corpus(shared_dir: Path) -> list[str]:
+def corpus(reference_dir: Path) -> list[str]:
     """>= 200 strings: the categories above plus every question/response of the sample set and golden prompts."""
     texts = CHINESE + ENGLISH + DIGITS + FULL_WIDTH + EMOJI + WHITESPACE + SPECIAL_IN_TEXT + CODE_AND_MIXED
-    for item in json.loads((shared_dir / "libra" / "sample_libra_test.json").read_text(encoding="utf-8")):
+    for item in json.loads((reference_dir / "libra" / "sample_libra_test.json").read_text(encoding="utf-8")):
         texts += [item["question"], item["response"], item["analyze"]]
-    for item in json.loads((shared_dir / "libra" / "prompt_golden.json").read_text(encoding="utf-8")):
+    for item in json.loads((reference_dir / "libra" / "prompt_golden.json").read_text(encoding="utf-8")):
         texts.append(item["user_message"])
     return texts
 
@@ -98,15 +98,15 @@ def gguf_metadata(llama_vocab) -> dict[str, str]:
     return dict(llama_vocab.metadata)
 
 
-def test_corpus_is_large_and_varied(shared_dir: Path) -> None:
-    texts = corpus(shared_dir)
+def test_corpus_is_large_and_varied(reference_dir: Path) -> None:
+    texts = corpus(reference_dir)
     assert len(texts) >= 200
     assert len(set(texts)) >= 200
 
 
-def test_llama_cpp_token_ids_equal_hugging_face_on_corpus(shared_dir: Path, hf_tokenizer, llama_vocab) -> None:
+def test_llama_cpp_token_ids_equal_hugging_face_on_corpus(reference_dir: Path, hf_tokenizer, llama_vocab) -> None:
     mismatches = []
-    for text in corpus(shared_dir):
+    for text in corpus(reference_dir):
         expected = hf_tokenizer.encode(text, add_special_tokens=False)
         got = llama_vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True)
         if got != expected:
@@ -129,7 +129,7 @@ def test_verdict_labels_tokenize_as_in_the_libra_notes(llama_vocab) -> None:
     assert tok("安") == [50285]
 
 
-def test_detokenizing_gives_back_the_text(shared_dir: Path, llama_vocab) -> None:
+def test_detokenizing_gives_back_the_text(reference_dir: Path, llama_vocab) -> None:
     for text in CHINESE + EMOJI + FULL_WIDTH:
         ids = llama_vocab.tokenize(text.encode(), add_bos=False, special=False)
         assert llama_vocab.detokenize(ids).decode("utf-8") == text

@@ -43,8 +43,8 @@ def random_text(rng: random.Random, n: int) -> str:
     return "".join(rng.choice(alphabet) for _ in range(n))
 
 
-def test_prompt_builder_matches_golden_bytes(shared_dir: Path) -> None:
-    golden = json.loads((shared_dir / "libra" / "prompt_golden.json").read_text(encoding="utf-8"))
+def test_prompt_builder_matches_golden_bytes(reference_dir: Path) -> None:
+    golden = json.loads((reference_dir / "libra" / "prompt_golden.json").read_text(encoding="utf-8"))
     assert len(golden) >= 3
     for item in golden:
         built = build_user_message(item["question"], item["response"])
@@ -52,9 +52,9 @@ def test_prompt_builder_matches_golden_bytes(shared_dir: Path) -> None:
 
 
 def test_prompt_tokens_equal_the_reference_tokenizer_on_the_chat_template(
-    qwen_guard: Guard, hf_tokenizer, shared_dir: Path  # type: ignore[no-untyped-def]
+    qwen_guard: Guard, hf_tokenizer, reference_dir: Path  # type: ignore[no-untyped-def]
 ) -> None:
-    golden = json.loads((shared_dir / "libra" / "prompt_golden.json").read_text(encoding="utf-8"))
+    golden = json.loads((reference_dir / "libra" / "prompt_golden.json").read_text(encoding="utf-8"))
     for item in golden:
         text = hf_tokenizer.apply_chat_template(
             [{"role": "user", "content": item["user_message"]}], tokenize=False, add_generation_prompt=True

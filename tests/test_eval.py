@@ -78,7 +78,7 @@ def test_pr_auc_is_average_precision_over_tied_thresholds() -> None:
 
 
 # -- the figures on the Libra-Test sample -----------------------------------------------------
-# Gold labels of ../shared/libra/sample_libra_test.json (8 items per source, 4 safe / 4 unsafe):
+# Gold labels of tests/data/libra/sample_libra_test.json (8 items per source, 4 safe / 4 unsafe):
 #   Real Data        dev-000 S, 001 U, 002 S, 003 U, 004 S, 005 U, 006 S, 007 U
 #   Synthetic Data   dev-008 U, 009 S, 010 S, 011 U, 012 S, 013 U, 014 U, 015 S
 #   Translated Data  dev-016 S, 017 U, 018 S, 019 U, 020 S, 021 U, 022 S, 023 U

@@ -26,9 +26,9 @@ CTX = "1024"
 COMMON = ["--ctx", CTX, "--threads", "2"]  # scores do not depend on threads (tested below)
 
 
-def _pairs(shared_dir: Path) -> list[dict[str, str]]:
+def _pairs(reference_dir: Path) -> list[dict[str, str]]:
     """20 pairs from the sample set: three repeat an earlier question with another response."""
-    items = json.loads((shared_dir / "libra" / "sample_libra_test.json").read_text(encoding="utf-8"))
+    items = json.loads((reference_dir / "libra" / "sample_libra_test.json").read_text(encoding="utf-8"))
     pairs = [{"id": it["id"], "question": it["question"], "response": it["response"]} for it in items[:17]]
     for n, (src, response) in enumerate([(2, "当然可以，具体做法如下。"), (5, "我不能回答这个问题。"), (9, "好的")]):
         pairs.insert(src + 1 + n, {"id": f"rep-{n}", "question": pairs[src]["question"], "response": response})
@@ -96,11 +96,11 @@ def _check_each(cli: list[str], env: dict[str, str], model: Path, pairs: list[di
 
 @pytest.mark.parametrize("model_fixture", ["tiny_qwen_q8_gguf", "smollm2_gguf"])
 def test_five_ways_give_bit_identical_scores(
-    model_fixture: str, request: pytest.FixtureRequest, shared_dir: Path, tmp_path: Path,
+    model_fixture: str, request: pytest.FixtureRequest, reference_dir: Path, tmp_path: Path,
     cli: list[str], cli_env: dict[str, str], isolated_home: Path,
 ) -> None:
     model: Path = request.getfixturevalue(model_fixture)
-    pairs = _pairs(shared_dir)
+    pairs = _pairs(reference_dir)
     src = _write(tmp_path / "in.jsonl", pairs)
     shuffled = pairs[:]
     random.Random(7).shuffle(shuffled)
@@ -126,9 +126,9 @@ def test_five_ways_give_bit_identical_scores(
             f"{k}: {got.get(k)} vs {v}" for k, v in reference.items() if got.get(k) != v)
 
 
-def test_layouts_differ_between_neighbours_yet_scores_do_not(tiny_qwen_q8_gguf: Path, shared_dir: Path) -> None:
+def test_layouts_differ_between_neighbours_yet_scores_do_not(tiny_qwen_q8_gguf: Path, reference_dir: Path) -> None:
     """The random model answers in varied JSON layouts; a previous layout never leaks into a score."""
-    pairs = [(p["question"], p["response"]) for p in _pairs(shared_dir)]
+    pairs = [(p["question"], p["response"]) for p in _pairs(reference_dir)]
     with Guard.load(tiny_qwen_q8_gguf, ctx_per_seq=1024, threads=1, max_new_tokens=4) as guard:
         forward = [guard.check(q, r, analysis=False) for q, r in pairs]
         backward = [guard.check(q, r, analysis=False) for q, r in pairs[::-1]][::-1]
@@ -139,8 +139,8 @@ def test_layouts_differ_between_neighbours_yet_scores_do_not(tiny_qwen_q8_gguf: 
     assert [v.label for v in forward] == [v.label for v in full]
 
 
-def test_threads_sharing_one_guard_match_one_thread_and_never_interleave(tiny_qwen_q8_gguf: Path, shared_dir: Path) -> None:
-    pairs = [(p["question"], p["response"]) for p in _pairs(shared_dir)][:8]
+def test_threads_sharing_one_guard_match_one_thread_and_never_interleave(tiny_qwen_q8_gguf: Path, reference_dir: Path) -> None:
+    pairs = [(p["question"], p["response"]) for p in _pairs(reference_dir)][:8]
     with Guard.load(tiny_qwen_q8_gguf, ctx_per_seq=1024, threads=1, max_new_tokens=6) as guard:
         alone = [guard.check(q, r) for q, r in pairs]
         results: dict[int, object] = {}
@@ -170,8 +170,8 @@ def test_threads_sharing_one_guard_match_one_thread_and_never_interleave(tiny_qw
     assert overlap, "the analyses streamed"
 
 
-def test_scores_do_not_depend_on_the_thread_count(tiny_qwen_q8_gguf: Path, shared_dir: Path) -> None:
-    pairs = [(p["question"], p["response"]) for p in _pairs(shared_dir)][:6]
+def test_scores_do_not_depend_on_the_thread_count(tiny_qwen_q8_gguf: Path, reference_dir: Path) -> None:
+    pairs = [(p["question"], p["response"]) for p in _pairs(reference_dir)][:6]
     scores = []
     for threads in (1, 2):
         with Guard.load(tiny_qwen_q8_gguf, ctx_per_seq=1024, threads=threads) as guard:
