@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ class BuildReport:
     system_info: str
     cpu_model: str
     cpu_flags: list[str]
+    cpu_variant: str | None = None  # the CPU kernels loaded at run time (a portable build)
+    cpu_variants: list[str] = field(default_factory=list)  # every variant the build carries
     warnings: list[str] = field(default_factory=list)
 
 
@@ -41,8 +44,11 @@ def build_report() -> BuildReport:
     if "amx_tile" in flags and "AMX" in info:
         warnings.append(
             "this build enables llama.cpp's AMX kernels on an AMX CPU, which are known to "
-            "segfault: rebuild with ./install.sh (it names the CPU features, never AMX)"
+            "segfault: rebuild with ./install.sh (portable, never AMX)"
         )
+    if os.environ.get(llama_seam.CPU_VARIANT_ENV):
+        warnings.append(f"{llama_seam.CPU_VARIANT_ENV} forces the CPU kernels "
+                        f"({os.environ[llama_seam.CPU_VARIANT_ENV]}): unset it to let the build choose")
     return BuildReport(
         libra_edge_version=__version__,
         llama_cpp_python_version=llama_seam.version(),
@@ -51,6 +57,8 @@ def build_report() -> BuildReport:
         system_info=info,
         cpu_model=cpu_model,
         cpu_flags=[f for f in ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags],
+        cpu_variant=llama_seam.cpu_variant(),
+        cpu_variants=list(llama_seam.cpu_variants()),
         warnings=warnings,
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
+from typing import Any
 
 from libra_edge.cli.common import add_model_options, guard_options, help_from_doc
 from libra_edge.errors import ExitCode, LibraError
@@ -68,6 +69,12 @@ def run(args: argparse.Namespace) -> int:
           + ("" if found == pin else "; MISMATCH: reinstall with ./install.sh") + ")")
     print(f"GPU offload compiled: {'yes' if build.gpu_offload else 'no (CPU only)'}")
     print(f"CPU: {build.cpu_model}; features: {' '.join(build.cpu_flags) or 'unknown'}")
+    if build.cpu_variant:
+        others = [v for v in build.cpu_variants if v != build.cpu_variant]
+        print(f"CPU kernels: {build.cpu_variant}, chosen when llama.cpp loaded (portable build; "
+              f"also carries {', '.join(others)}; the AMX one, sapphirerapids, is never chosen)")
+    else:
+        print("CPU kernels: built in (a build for one CPU: ./install.sh --native, or your own CMAKE_ARGS)")
     print(f"llama.cpp: {build.system_info}")
     for warning in build.warnings:
         print(f"WARNING: {warning}")
@@ -78,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"  config:   {data['config']}")
     if not smoke["ran"]:
         print("smoke test: " + (f"not run: {smoke['error']}" if "error" in smoke else "skipped"))
-        return _smoke_status(smoke, args.no_smoke)
+        status = _smoke_status(smoke, args.no_smoke)
+        if status == ExitCode.MODEL:
+            print("smoke test FAILED: it could not run (exit 3; --no-smoke skips it)")
+        return status
     print(f"model: {smoke['model']} (architecture {smoke['architecture']}, {smoke['quant']})")
     template = smoke["chat_template"]
     print("  chat template: " + ("the GGUF's own" if template == "gguf"
@@ -92,7 +102,15 @@ def run(args: argparse.Namespace) -> int:
         ok = "parsed" if r["parsed"] else "UNPARSABLE"
         print(f"  expected {r['expected']:<4} got {r['label']:<4} score {r['score']:.3f}  "
               f"{r['seconds']:.2f} s  {ok}  {r['question']}")
-    return _smoke_status(smoke, args.no_smoke)
+    status = _smoke_status(smoke, args.no_smoke)
+    if status == ExitCode.MODEL:
+        rows: list[dict[str, Any]] = smoke["results"]  # type: ignore[assignment]
+        wrong = len([r for r in rows if not (r["parsed"] and r["label"] == r["expected"])])
+        print(f"smoke test FAILED: {wrong} of {len(rows)} built-in pairs judged wrongly "
+              "(exit 3; a model that is not a trained Libra-Guard does this)")
+    else:
+        print("smoke test passed")
+    return status
 
 
 def _smoke_status(smoke: dict[str, object], skipped: bool) -> int:

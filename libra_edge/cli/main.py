@@ -12,7 +12,7 @@ from libra_edge.errors import ExitCode, LibraError
 
 # Each name is a module in this package exposing `register(subparsers)`; registration
 # must stay import-cheap (no llama.cpp, no Textual) so `--help` is instant.
-COMMANDS = ("check", "batch", "eval", "report", "audit", "models", "convert", "doctor", "bench", "serve", "tui")
+COMMANDS = ("check", "batch", "eval", "report", "audit", "models", "convert", "bundle", "doctor", "bench", "serve", "tui")
 
 DESCRIPTION = """\
 Libra-Guard, offline: judge whether an LLM's response to a question is safe.
