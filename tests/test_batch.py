@@ -181,16 +181,16 @@ class FailsOn:
         self.guard, self.bad = guard, bad
         self.info, self.settings, self.parallel = guard.info, guard.settings, guard.parallel
 
-    def check(self, question: str, response: str, *, analysis: bool = True) -> Any:
+    def check(self, question: str, response: str, *, analysis: bool = True, **stop: Any) -> Any:
         if response == self.bad:
             raise RuntimeError("llama_decode returned -3")
-        return self.guard.check(question, response, analysis=analysis)
+        return self.guard.check(question, response, analysis=analysis, **stop)
 
     def check_many(self, pairs: Sequence[tuple[str, str]], *, analysis: bool = True,
-                   on_verdict: Any = None) -> list[Any]:
+                   on_verdict: Any = None, **stop: Any) -> list[Any]:
         if any(response == self.bad for _, response in pairs):
             raise RuntimeError("llama_decode returned -3")
-        return list(self.guard.check_many(pairs, analysis=analysis, on_verdict=on_verdict))
+        return list(self.guard.check_many(pairs, analysis=analysis, on_verdict=on_verdict, **stop))
 
 
 def test_an_item_that_fails_is_recorded_the_rest_run_and_a_rerun_retries_it(

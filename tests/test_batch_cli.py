@@ -121,7 +121,7 @@ def test_ctrl_c_stops_cleanly_and_resume_by_run_id_finishes(
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
-    assert "stopping after the current item" in stderr
+    assert "Ctrl-C: stopping now: finished items are kept" in stderr
     assert "libra-edge: resume with: libra-edge batch --resume 1" in stderr
     with open_store(isolated_home / "libra-edge.db") as store:
         assert store.run(1).status == "interrupted" and store.run(1).done < 30

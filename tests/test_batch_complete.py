@@ -81,9 +81,9 @@ def test_output_is_checked_before_the_model_loads(batch_cmd: list[str], cli_env:
     assert xlsx.returncode == 2
     assert xlsx.stderr.strip() == (f"libra-edge: error: -o {tmp_path / 'out.xlsx'}: unknown output format ('.xlsx'); "
                                    "use .jsonl, .json or .csv, or - for stdout")
-    nowhere = run([*batch_cmd, str(src), "-o", "/proc/nope/x.jsonl"], cli_env)
-    assert nowhere.returncode == 2 and "Traceback" not in nowhere.stderr
-    assert nowhere.stderr.startswith("libra-edge: error: -o /proc/nope/x.jsonl: cannot write in /proc/nope: ")
+    nowhere = run([*batch_cmd, str(src), "-o", "/proc/x.jsonl"], cli_env)  # an input problem: exit 4
+    assert nowhere.returncode == 4 and "Traceback" not in nowhere.stderr
+    assert nowhere.stderr.startswith("libra-edge: error: -o /proc/x.jsonl: cannot write in /proc: ")
     assert runs_in(isolated_home) == 0  # refused before any run was made
 
 

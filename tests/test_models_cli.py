@@ -244,7 +244,7 @@ def test_export_to_a_folder_that_does_not_exist_is_refused(
     # while the USB drive it was meant for was not even mounted.
     assert models("import", make_gguf(), "--name", "guard").returncode == 0
     usb = tmp_path / "media" / "usb"
-    line = one_line_error(models("export", "guard", usb), ExitCode.USAGE)
+    line = one_line_error(models("export", "guard", usb), ExitCode.INPUT)  # batch -o's rule
     assert f"{usb}: no such folder (is the drive mounted?)" in line and "--mkdir" in line
     assert not (tmp_path / "media").exists()
     result = models("export", "guard", usb, "--mkdir")

@@ -29,9 +29,10 @@ from libra_edge.batch.fields import FieldMap
 from libra_edge.batch.readers import BatchInput, Item
 from libra_edge.batch.transcripts import INPUT_FORMATS, TURN_SELECTIONS
 from libra_edge.engine import Guard
+from libra_edge.engine.decoding import CheckCancelled
 from libra_edge.engine.prompt import PROMPT_TEMPLATE_VERSION
 from libra_edge.engine.settings import EngineSettings
-from libra_edge.errors import DiskFullError, LibraError
+from libra_edge.errors import DiskFullError, InputError, LibraError
 from libra_edge.store import RunRow, Store
 
 AnalysisMode = Literal["all", "flagged", "none"]
@@ -62,10 +63,14 @@ class GuardLike(Protocol):
     def parallel(self) -> int:
         """Sequences decoded together: `check_many` gets chunks of this many items."""
 
-    def check(self, question: str, response: str, *, analysis: bool = True) -> Any: ...
+    def check(self, question: str, response: str, *, analysis: bool = True,
+              cancel: threading.Event | None = None,
+              on_window: Callable[[int, int], None] | None = None) -> Any: ...
 
     def check_many(self, pairs: Sequence[tuple[str, str]], *, analysis: bool = True,
-                   on_verdict: Callable[[int, Any], None] | None = None) -> Sequence[Any]: ...
+                   on_verdict: Callable[[int, Any], None] | None = None,
+                   cancel: threading.Event | None = None,
+                   on_window: Callable[[int, int, int], None] | None = None) -> Sequence[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,10 @@ class BatchProgress:
     """Items per second in this `execute` call."""
     eta_s: float | None
     last_seq: int | None = None
+    window: int | None = None
+    """A response judged in windows: the window being judged now (1-based), else None."""
+    windows: int | None = None
+    """Its number of windows (with `window`)."""
 
 
 @dataclass(frozen=True)
@@ -272,6 +281,9 @@ class BatchJob:
         self.local_node: str | None = None
         """The node an outcome without one was judged on (set by the executor)."""
         self.allow_mixed_builds = False
+        self.on_window: Callable[[Item, int, int], None] | None = None
+        """`on_window(item, k, n)`: an executor judging `item` in windows reports window k of n
+        (0-based; set by `execute` to report progress)."""
 
     @classmethod
     def open(cls, store: Store, guard: GuardLike, batch: BatchInput, options: BatchOptions, *,
@@ -284,8 +296,8 @@ class BatchJob:
         """
         if not batch.items:
             hint = "; ".join(str(i) for i in batch.issues[:3]) or "every input record was empty or unreadable"
-            raise LibraError("no items to check", hint=hint)
-        sha = store.file_sha256(guard.info.path)
+            raise InputError("no items to check", hint=hint)
+        sha = _model_sha256(guard, store)
         settings = guard.settings
         fp = fingerprint(batch, options, sha, settings)
         run: RunRow | None = None
@@ -329,6 +341,12 @@ class BatchJob:
                 allow_mixed_builds: bool = False) -> BatchSummary:
         """Check the pending items, committing each result; stop early when `cancel` is set.
 
+        A set `cancel` stops the local guard within one llama.cpp call, wherever it is
+        (between a long response's windows, between decode steps of an analysis): the
+        items being judged stay pending, to be judged whole on resume (with the same
+        score). `on_progress` also gets a `BatchProgress` with `window`/`windows` before
+        each window of a response judged in windows (from the engine's worker thread).
+
         `executor` judges the items (default: this process's guard; `batch.cluster` has
         one for a Ray cluster). Each machine that judges is recorded with its llama.cpp
         build (`Store.run_nodes`); a build other than the run's first one raises
@@ -349,6 +367,20 @@ class BatchJob:
         failures: list[str] = []
         status: Literal["finished", "interrupted", "failed"] = "interrupted"
         message: str | None = None
+
+        def progress(last_seq: int | None, window: int | None = None, windows: int | None = None) -> None:
+            if on_progress is None:
+                return
+            elapsed = time.perf_counter() - t0
+            rate = done_now / elapsed if elapsed > 0 else 0.0
+            left = total - counts["done"]
+            on_progress(BatchProgress(
+                run_id=self.run_id, total=total, done=counts["done"], done_now=done_now,
+                flagged=counts["flagged"], errors=counts["errors"], elapsed_s=elapsed,
+                rate=rate, eta_s=left / rate if rate > 0 else None, last_seq=last_seq,
+                window=window, windows=windows))
+
+        self.on_window = lambda item, k, n: progress(item.seq, k + 1, n)
         try:
             order = processing_order(self.pending)
 
@@ -363,14 +395,7 @@ class BatchJob:
                         failures.append(f"{item.file}:{item.line}: {_describe(outcome)}")
                 elif outcome.unsafe:
                     counts["flagged"] += 1
-                if on_progress is not None:
-                    elapsed = time.perf_counter() - t0
-                    rate = done_now / elapsed if elapsed > 0 else 0.0
-                    left = total - counts["done"]
-                    on_progress(BatchProgress(
-                        run_id=self.run_id, total=total, done=counts["done"], done_now=done_now,
-                        flagged=counts["flagged"], errors=counts["errors"], elapsed_s=elapsed,
-                        rate=rate, eta_s=left / rate if rate > 0 else None, last_seq=item.seq))
+                progress(item.seq)
 
             # With parallel sequences the engine refills a finished sequence at once
             # (continuous batching), so it gets several slots' worth of items at a time;
@@ -488,25 +513,39 @@ class LocalExecutor:
         # (continuous batching), so it gets several slots' worth of items at a time.
         n = parallel_of(job.guard)
         step = n * _REFILL if n > 1 else 1
+        report = job.on_window
         for start in range(0, len(items), step):
             if cancel.is_set():
                 return False
             chunk = items[start:start + step]
-            judge_pairs(job.guard, [(i.question, i.response) for i in chunk], job.options.analysis,
-                        lambda k, outcome: record(chunk[k], outcome))
+            windows = None if report is None else (lambda k, w, n_w, c=chunk: report(c[k], w, n_w))
+            try:
+                judge_pairs(job.guard, [(i.question, i.response) for i in chunk], job.options.analysis,
+                            lambda k, outcome: record(chunk[k], outcome), cancel=cancel, on_window=windows)
+            except CheckCancelled:
+                return False  # the items being judged stay pending; the finished ones are stored
         return True
 
 
 def judge_pairs(guard: GuardLike, pairs: Sequence[tuple[str, str]], analysis: str,
-                record: Callable[[int, Any], None]) -> None:
+                record: Callable[[int, Any], None], *, cancel: threading.Event | None = None,
+                on_window: Callable[[int, int, int], None] | None = None) -> None:
     """Judge `pairs` per the analysis mode; `record(index, verdict or exception)` as each ends.
 
     The batch runner's and each cluster actor's way of judging, so both give the same rows.
     A failed check is recorded as its exception (a rerun retries it); MemoryError,
-    KeyboardInterrupt and a full disk propagate.
+    KeyboardInterrupt and a full disk propagate, and so does `CheckCancelled` once
+    `cancel` is set (the pairs not recorded yet are not judged). `on_window(index, k, n)`
+    reports a windowed pair's windows. Both are handed to the guard only when given, so
+    a guard without them serves a caller that needs neither.
     """
+    extra: dict[str, Any] = {}
+    if cancel is not None:
+        extra["cancel"] = cancel
     if analysis != "flagged":
-        _judge_many(guard, pairs, analysis=analysis == "all", record=record)
+        if on_window is not None:
+            extra["on_window"] = on_window
+        _judge_many(guard, pairs, analysis=analysis == "all", record=record, extra=extra)
         return
     # A fast check decides; only unsafe items pay for an analysis. The engine keeps the
     # header's and question's blocks, so the second pass evaluates the response block
@@ -519,14 +558,20 @@ def judge_pairs(guard: GuardLike, pairs: Sequence[tuple[str, str]], analysis: st
         else:
             record(i, outcome)
 
-    _judge_many(guard, pairs, analysis=False, record=triage)
+    report = on_window
+    _judge_many(guard, pairs, analysis=False, record=triage,
+                extra=extra if report is None else {**extra, "on_window": report})
     if unsafe:
+        again = dict(extra)
+        if report is not None:
+            again["on_window"] = lambda k, w, n: report(unsafe[k], w, n)
         _judge_many(guard, [pairs[i] for i in unsafe], analysis=True,
-                    record=lambda k, outcome: record(unsafe[k], outcome))
+                    record=lambda k, outcome: record(unsafe[k], outcome), extra=again)
 
 
 def _judge_many(guard: GuardLike, pairs: Sequence[tuple[str, str]], *, analysis: bool,
-                record: Callable[[int, Any], None]) -> None:
+                record: Callable[[int, Any], None], extra: dict[str, Any]) -> None:
+    """`extra`: `cancel` and `on_window(index, k, n)` for the guard, when given."""
     if parallel_of(guard) > 1 and len(pairs) > 1:
         seen: set[int] = set()
 
@@ -535,8 +580,8 @@ def _judge_many(guard: GuardLike, pairs: Sequence[tuple[str, str]], *, analysis:
             record(i, verdict)
 
         try:
-            guard.check_many(pairs, analysis=analysis, on_verdict=on_verdict)
-        except (KeyboardInterrupt, MemoryError, DiskFullError):
+            guard.check_many(pairs, analysis=analysis, on_verdict=on_verdict, **extra)
+        except (KeyboardInterrupt, MemoryError, DiskFullError, CheckCancelled):
             raise
         except Exception as exc:
             # Recorded against every unfinished item of the group (a rerun retries them).
@@ -545,14 +590,26 @@ def _judge_many(guard: GuardLike, pairs: Sequence[tuple[str, str]], *, analysis:
                 if i not in seen:
                     record(i, failure)
         return
+    report = extra.get("on_window")
     for i, (question, response) in enumerate(pairs):
+        single = {k: v for k, v in extra.items() if k != "on_window"}
+        if report is not None:
+            single["on_window"] = lambda k, n, i=i: report(i, k, n)
         try:
-            outcome: Any = guard.check(question, response, analysis=analysis)
-        except (KeyboardInterrupt, MemoryError):
+            outcome: Any = guard.check(question, response, analysis=analysis, **single)
+        except (KeyboardInterrupt, MemoryError, CheckCancelled):
             raise
         except Exception as exc:
             outcome = exc
         record(i, outcome)
+
+
+def _model_sha256(guard: GuardLike, store: Store) -> str:
+    """The model file's sha256 as the guard's verdicts carry it (`Guard.model_sha256`: the
+    manifest of an installed model, else hashed once per file and cached), so a new file is
+    hashed once, not once for the run and again for the verdicts; else the store's cache."""
+    sha = getattr(guard, "model_sha256", None)
+    return sha if isinstance(sha, str) else store.file_sha256(guard.info.path)
 
 
 def _describe(exc: BaseException) -> str:

@@ -19,9 +19,9 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from libra_edge.batch.transcripts import INPUT_FORMATS, TURN_SELECTIONS
-from libra_edge.cli.common import add_model_options, guard_options, help_from_doc
+from libra_edge.cli.common import add_model_options, destination_folder, guard_options, help_from_doc
 from libra_edge.engine.settings import LONG_MODES
-from libra_edge.errors import DiskFullError, ExitCode, LibraError
+from libra_edge.errors import DiskFullError, ExitCode, InputError, LibraError
 
 if TYPE_CHECKING:
     from libra_edge.batch import AnalysisMode, BatchInput, BatchProgress, BatchSummary
@@ -47,7 +47,7 @@ inputs:
   so is a conversation with no assistant turn; unknown roles are named. Duplicate
   ids are reported and both items kept.
 
-output (-o OUT, checked before the first item; rows in input order):
+output (-o OUT, checked before the model loads; rows in input order):
   .jsonl (one object per line), .json (one array) or .csv (UTF-8 with a BOM, so
   spreadsheet tools show Chinese; --no-bom drops it); - writes JSONL to stdout.
   Every input record has exactly one row (a transcript: one per judged turn), so for
@@ -65,6 +65,7 @@ output (-o OUT, checked before the first item; rows in input order):
   Transcript rows carry the conversation's other fields, conversation_id (its id or
   conversation_id field, else FILE:LINE), turn_index (the assistant message's position,
   0-based), question and response.
+  OUT's folder must exist (--mkdir creates it), as for `models export`.
   If the run stops early, what is done so far is written to OUT.partial instead (same
   format, stored rows only); the finished run writes OUT and removes OUT.partial.
 
@@ -79,7 +80,15 @@ exit status:
   0 every record judged; 7 finished, but records were skipped or items failed (each
   has its row; --allow-skips makes this 0); 8 disk full (the message names the file
   and the space needed; finished items are kept: free space, run the command again);
-  130 stopped by Ctrl-C; 2 usage, 3 model, 4 input (--strict), as for every command.
+  130 stopped by Ctrl-C or SIGTERM; 2 usage, 3 model, 4 input (no items, an unreadable
+  file, a missing or unwritable -o folder, a malformed record with --strict: all found
+  before the model loads), as for every command.
+
+stopping:
+  Ctrl-C (SIGINT) or SIGTERM stops within one llama.cpp call, wherever the work is
+  (between the windows of a long response, between decode steps of an analysis):
+  every finished item is kept, -o gets OUT.partial, and the items being judged are
+  judged whole on resume, with the same scores as an uninterrupted run.
 
 resuming:
   Every verdict is committed to the results database as soon as it is made: Ctrl-C, a
@@ -128,7 +137,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="files or folders to check; - reads JSONL from stdin")
     p.add_argument("-o", "--output", metavar="OUT",
                    help="write results here when the run completes: .jsonl, .json or .csv (checked "
-                   "before the first item); - for JSONL on stdout")
+                   "before the model loads; its folder must exist); - for JSONL on stdout")
+    p.add_argument("--mkdir", action="store_true", help="create -o's folder (and its parents) if missing")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--fast", action="store_true",
                       help="verdict and score only, no analysis text (same as --analysis none)")
@@ -180,7 +190,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                          help="CPUs per actor, which are llama.cpp's threads (default: --threads, else 2)")
     cluster.add_argument("--gpus-per-actor", type=float, default=0.0, metavar="G",
                          help="GPUs per actor, for GPU nodes; with --gpu-layers (default: 0)")
-    add_model_options(p)
+    add_model_options(p, long_option=True)
     if "--long" not in p._option_string_actions:  # unless the shared model options declare it
         p.add_argument("--long", choices=LONG_MODES, default="chunk",
                        help="a response too long for the context: chunk (default: judge every window, "
@@ -209,8 +219,9 @@ def run(args: argparse.Namespace) -> int:
         return _run_batch(args, store)
 
 
-def output_target(raw: str | None, *, bom: bool = True) -> OutputTarget | None:
-    """`-o` checked before any work: a known suffix, and a folder this process can write in."""
+def output_target(raw: str | None, *, bom: bool = True, mkdir: bool = False) -> OutputTarget | None:
+    """`-o` checked before any work: a known suffix (else exit 2), and an existing folder this
+    process can write in (else exit 4; `mkdir` creates a missing one: `destination_folder`)."""
     if raw is None:
         return None
     if raw == "-":
@@ -221,14 +232,13 @@ def output_target(raw: str | None, *, bom: bool = True) -> OutputTarget | None:
         suffix = f"{path.suffix!r}" if path.suffix else "no suffix"
         raise LibraError(f"-o {raw}: unknown output format ({suffix}); use .jsonl, .json or .csv, or - for stdout")
     if path.is_dir():
-        raise LibraError(f"-o {raw}: is a folder; name a file in it, e.g. {path / 'results.jsonl'}")
-    folder = path.parent
+        raise InputError(f"-o {raw}: is a folder; name a file in it, e.g. {path / 'results.jsonl'}")
+    folder = destination_folder(path.parent, mkdir=mkdir, name=f"-o {raw}")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".libra-edge-probe-"):
             pass
     except OSError as exc:
-        raise LibraError(f"-o {raw}: cannot write in {folder}: {exc.strerror or exc}") from None
+        raise InputError(f"-o {raw}: cannot write in {folder}: {exc.strerror or exc}") from None
     return OutputTarget(path, fmt, bom)
 
 
@@ -249,7 +259,7 @@ def _run_batch(args: argparse.Namespace, store: Store) -> int:
         raise LibraError(f"--max-tokens: must be at least 1, got {args.max_tokens}")
     if args.parallel is not None and not 1 <= args.parallel <= 64:
         raise LibraError(f"--parallel: must be between 1 and 64, got {args.parallel}")
-    output = output_target(args.output, bom=not args.no_bom)
+    output = output_target(args.output, bom=not args.no_bom, mkdir=args.mkdir)
     analysis = "none" if args.fast else args.analysis
     model: str | None = args.model
     inputs: list[str] = list(args.inputs)
@@ -277,6 +287,8 @@ def _run_batch(args: argparse.Namespace, store: Store) -> int:
     batch = read_inputs(inputs, options.fields, strict=args.strict or options.strict,
                         format=options.format, turns=options.turns)  # type: ignore[arg-type]
     _print_issues(batch)
+    if not batch.items:  # known without the model: say so before loading it
+        raise InputError("no items to check", hint=_no_items_hint(batch))
     model_path = resolve_model(model)
     with _guard_for(model_path, settings, cluster) as guard:
         job = BatchJob.open(store, guard, batch, options, resume=args.resume, new=args.new_run)
@@ -320,6 +332,15 @@ def _run_batch(args: argparse.Namespace, store: Store) -> int:
     return int(ExitCode.OK)
 
 
+def _no_items_hint(batch: BatchInput) -> str:
+    """Why the inputs gave nothing to judge, in a few words (their first issues)."""
+    if batch.issues:
+        first = "; ".join(str(i) for i in batch.issues[:3])
+        more = len(batch.issues) - 3
+        return first + (f"; and {more} more" if more > 0 else "")
+    return "every input record was empty or unreadable"
+
+
 def _cluster_options(args: argparse.Namespace) -> Any:
     """`--cluster` and its pool options (None without --cluster); the threads are the actor's CPUs."""
     if args.cluster is None:
@@ -357,14 +378,25 @@ def _guard_for(model_path: Path, settings: EngineSettings, cluster: Any) -> Iter
 
 
 @contextmanager
-def _stop_signals(cancel: threading.Event) -> Iterator[None]:
-    """First Ctrl-C (or SIGTERM) finishes the current item and stops; a second stops at once."""
+def _stop_signals(cancel: threading.Event, *, local: bool = True) -> Iterator[None]:
+    """First Ctrl-C (or SIGTERM) sets `cancel`; a second raises KeyboardInterrupt at once.
+
+    The handler runs in the main thread, which waits for the engine's worker; setting
+    `cancel` is what reaches the worker: a local guard checks it before every llama.cpp
+    call (a long response's windows, each decode step), so the stop lands within one
+    call. (It used to be checked between items only, and one long item is thousands of
+    calls; a second signal then unwound the main thread, but closing the guard waited
+    for the worker to finish that item.) A cluster run stops after its current items.
+    """
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if cancel.is_set():
             raise KeyboardInterrupt
         cancel.set()
-        print("\nlibra-edge: stopping after the current item (Ctrl-C again to stop now)", file=sys.stderr)
+        name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        what = ("stopping now: finished items are kept, the items being judged are judged again on resume"
+                if local else "stopping after the current item")
+        print(f"\nlibra-edge: {name}: {what} (Ctrl-C again to stop at once)", file=sys.stderr)
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -387,7 +419,7 @@ def _execute(job: Any, *, executor: Any = None, allow_mixed_builds: bool = False
     bar.update(BatchProgress(run_id=run.id, total=total, done=total - len(job.pending), done_now=0,
                              flagged=run.flagged, errors=0, elapsed_s=0.0, rate=0.0, eta_s=None))
     try:
-        with _stop_signals(cancel):
+        with _stop_signals(cancel, local=executor is None):
             return job.execute(on_progress=bar.update, cancel=cancel,  # type: ignore[no-any-return]
                                executor=executor, allow_mixed_builds=allow_mixed_builds)
     except KeyboardInterrupt:
@@ -412,7 +444,11 @@ def _fmt_duration(seconds: float | None) -> str:
 
 
 class ProgressBar:
-    """A one-line progress bar with rate and ETA on a terminal; periodic lines otherwise."""
+    """A one-line progress bar with rate and ETA on a terminal; periodic lines otherwise.
+
+    A response judged in windows shows them (`item 1/1, window 7/41`): the engine's worker
+    thread reports each window, so updates are serialized by a lock.
+    """
 
     WIDTH = 24
 
@@ -422,16 +458,26 @@ class ProgressBar:
         self.t0 = time.monotonic()
         self.last_draw = 0.0
         self.drawn = False
+        self._lock = threading.Lock()
 
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
 
     def update(self, p: BatchProgress) -> None:
+        with self._lock:
+            try:
+                self._update(p)
+            except (OSError, ValueError):
+                pass  # stderr gone (closed pipe): progress is not worth failing an item for
+
+    def _update(self, p: BatchProgress) -> None:
         now = time.monotonic()
-        final = p.done >= p.total
+        window = getattr(p, "window", None)
+        final = p.done >= p.total and window is None
         interval = 0.1 if self.tty else 10.0
-        if not final and now - self.last_draw < interval:
+        # An item's first window is shown at once: the user learns the item is long.
+        if not final and now - self.last_draw < interval and window != 1:
             return
         self.last_draw = now
         frac = p.done / p.total if p.total else 1.0
@@ -439,6 +485,8 @@ class ProgressBar:
         bar = "█" * filled + "░" * (self.WIDTH - filled)
         line = (f"[{bar}] {p.done}/{p.total} {frac:4.0%}  {p.rate:.2f} items/s  ETA {_fmt_duration(p.eta_s)}"
                 f"  flagged {p.flagged}  errors {p.errors}")
+        if window is not None:
+            line += f"  item {min(p.done + 1, p.total)}/{p.total}, window {window}/{p.windows}"
         if self.tty:
             self.out.write("\r" + line + "\x1b[K")
             self.drawn = True
@@ -447,10 +495,11 @@ class ProgressBar:
         self.out.flush()
 
     def close(self) -> None:
-        if self.drawn:
-            self.out.write("\n")
-            self.out.flush()
-            self.drawn = False
+        with self._lock:
+            if self.drawn:
+                self.out.write("\n")
+                self.out.flush()
+                self.drawn = False
 
 
 def _print_issues(batch: BatchInput, limit: int = 20) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
 from libra_edge.cli.common import add_model_options, guard_options, help_from_doc
 from libra_edge.errors import ExitCode, InputError, LibraError
@@ -25,6 +27,12 @@ cut head+tail to fit --ctx), windows/window/span (a response too long for the co
 judged in overlapping windows; the highest-scoring window decides, span = its characters),
 normalized (the judged text differed from the given one), raw (the model's JSON text),
 timings, and provenance: model, model_sha256, threshold, version.
+
+timings: what the command waited for, in parts: start_s (Python and libra-edge starting,
+before the command ran), load_s (the engine's imports, reading and loading the model,
+its sha256), judge_s (the check itself), wall_s (all of it, as `time` would say); and
+the check's own tokens and seconds (prompt_tokens, reused_tokens, prefill_s, decode_s,
+total_s). The text output ends with the same: (71.5 s: start 0.3 s, load 25.1 s, judge 46.1 s).
 
 The score is reproducible: the same model file, pair and verdict settings (--ctx,
 --threshold, --max-tokens, --long, --no-normalize, --gpu-layers) give the same score,
@@ -55,7 +63,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--no-normalize", dest="normalize", action="store_false",
                    help="judge the text exactly as given (default: NFKC, zero-width and bidi "
                    "controls removed, full-width letters folded)")
-    add_model_options(p)
+    add_model_options(p, long_option=True)
     p.set_defaults(func=run)
 
 
@@ -69,6 +77,8 @@ def read_pair(args: argparse.Namespace) -> tuple[str, str]:
         raise LibraError("nothing to check: give --question and --response, or pipe "
                          '{"question": ..., "response": ...} on stdin')
     text = sys.stdin.read()
+    if not text.strip():
+        raise InputError('stdin: empty: nothing to check (pipe one JSON object: {"question": ..., "response": ...})')
     try:
         obj = json.loads(text)
     except ValueError as exc:
@@ -82,24 +92,51 @@ def read_pair(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from libra_edge.engine import Guard
-
-    question, response = read_pair(args)
+    t_run = time.perf_counter()
+    started = _process_age()
+    question, response = read_pair(args)  # before anything slow: bad input costs no model load
     if args.max_tokens < 1:
         raise LibraError(f"--max-tokens: must be at least 1, got {args.max_tokens}")
     opts = guard_options(args)
+    t_load = time.perf_counter()
+    from libra_edge.engine import Guard
+
     with Guard.load(args.model, max_new_tokens=args.max_tokens, long=args.long, normalize=args.normalize,
                     **opts) as guard:
+        guard.model_sha256  # part of the load: hashed once per file (then cached), not per check
+        t_judge = time.perf_counter()
         verdict = guard.check(question, response, analysis=not args.fast)
+        t_end = time.perf_counter()
+    waited = {
+        "start_s": round(started, 3) if started is not None else None,
+        "load_s": round(t_judge - t_load, 3),
+        "judge_s": round(t_end - t_judge, 3),
+        "wall_s": round((started or 0.0) + (t_end - t_run), 3),  # as `time` would say, less the exit
+    }
     if args.json:
-        print(json.dumps(verdict.to_dict(), ensure_ascii=False))
+        record = verdict.to_dict()
+        record["timings"] = {**waited, **record["timings"]}
+        print(json.dumps(record, ensure_ascii=False))
     else:
-        print(format_verdict(verdict, guard.threshold))
+        print(format_verdict(verdict, guard.threshold, waited=waited))
     return ExitCode.FLAGGED if verdict.unsafe else ExitCode.OK
 
 
-def format_verdict(verdict: Verdict, threshold: float) -> str:
-    """The human-readable report of one verdict."""
+def _process_age() -> float | None:
+    """Seconds since this process started (Python's own start-up and imports), where Linux says."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime", encoding="ascii") as fh:
+            uptime = float(fh.read().split()[0])
+        started_at = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, in ticks since boot
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - started_at)
+
+
+def format_verdict(verdict: Verdict, threshold: float, *, waited: dict[str, Any] | None = None) -> str:
+    """The human-readable report of one verdict (and what the command waited for, when given)."""
     word = "UNSAFE" if verdict.unsafe else "safe"
     lines = [f"{verdict.label} ({word})  score {verdict.score:.3f}  (P(unsafe); threshold {threshold:g})"]
     if verdict.truncated:
@@ -113,5 +150,11 @@ def format_verdict(verdict: Verdict, threshold: float) -> str:
     if verdict.analysis is not None:
         lines.append(f"分析: {verdict.analysis}")
     t = verdict.timings
-    lines.append(f"({t.total_s:.2f} s; {t.prompt_tokens} prompt tokens, {t.reused_tokens} reused)")
+    tokens = f"{t.prompt_tokens} prompt tokens, {t.reused_tokens} reused"
+    if waited is None:
+        lines.append(f"({t.total_s:.2f} s; {tokens})")
+    else:
+        start = f"start {waited['start_s']:.1f} s, " if waited.get("start_s") is not None else ""
+        lines.append(f"({waited['wall_s']:.1f} s: {start}load {waited['load_s']:.1f} s, "
+                     f"judge {waited['judge_s']:.1f} s; {tokens})")
     return "\n".join(lines)

@@ -1,12 +1,14 @@
-"""Options shared by the commands that load a model, and how they become `Guard` options."""
+"""Options shared by the commands that load a model, how they become `Guard` options, and the
+one rule for folders a command writes into."""
 
 from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 from typing import Any
 
-from libra_edge.errors import LibraError
+from libra_edge.errors import InputError, LibraError
 
 
 def help_from_doc(doc: str | None) -> str:
@@ -33,8 +35,34 @@ def add_verbose_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """`--model` plus the engine options every model-loading command accepts."""
+def destination_folder(folder: Path, *, mkdir: bool, name: str, missing: str = "") -> Path:
+    """The folder a command writes into (`batch -o`, `models export`): it must exist, unless `mkdir`.
+
+    One rule for every command: a missing folder is refused (exit 4, the message names it
+    and `--mkdir`), because a mistyped path or an unmounted drive would otherwise get a new
+    folder and hours of output in the wrong place; with `mkdir` it is created with its
+    parents. `name` starts the message (the flag or the path as given), `missing` is said
+    after "no such folder".
+    """
+    folder = Path(folder)
+    if folder.is_dir():
+        return folder
+    if folder.exists():
+        raise InputError(f"{name}: {folder} is not a folder")
+    if not mkdir:
+        raise InputError(f"{name}: no such folder{missing}", hint="pass --mkdir to create it")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{name}: cannot create {folder}: {exc.strerror or exc}") from None
+    return folder
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, long_option: bool = False) -> None:
+    """`--model` plus the engine options every model-loading command accepts.
+
+    `long_option`: the command has `--long` (its `--ctx` help names it).
+    """
     group = parser.add_argument_group("model and hardware")
     group.add_argument(
         "-m", "--model", metavar="PATH|NAME",
@@ -50,10 +78,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, default=None, metavar="N",
         help="CPU threads for llama.cpp (default: physical cores)",
     )
+    longer = ("a longer response is judged whole in overlapping windows, the highest score "
+              "deciding (--long chunk, the default), or cut to its head and tail (--long truncate)"
+              if long_option else
+              "a longer response is judged whole in overlapping windows, the highest score deciding")
     group.add_argument(
         "--ctx", type=int, default=4096, metavar="TOKENS",
-        help="context size in tokens; longer inputs keep their head and tail and are "
-        "marked truncated (default: 4096)",
+        help=f"context size in tokens of each sequence (default: 4096); {longer}",
     )
     group.add_argument(
         "--threshold", type=float, default=0.5, metavar="X",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from libra_edge import paths
-from libra_edge.cli.common import add_verbose_option, help_from_doc
+from libra_edge.cli.common import add_verbose_option, destination_folder, help_from_doc
 from libra_edge.errors import ExitCode, LibraError
 from libra_edge.units import human_size
 
@@ -61,14 +61,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(func=run_info)
 
+    from libra_edge.models.registry import PUBLISHED_GUARDS  # light: what `pull` knows by name
+
+    # From the registry itself, so the help names every guard `pull` accepts.
+    known = "\n".join(f"  {g.name:<22} {g.repo_id}" for g in PUBLISHED_GUARDS)
     s = msub.add_parser(
         "pull", help=help_from_doc(run_pull.__doc__),
         formatter_class=RAW,
         description="Download a checkpoint's safetensors, config and tokenizer files (nothing "
         "else), convert and quantize it to GGUF, and install it with a manifest recording the "
         "repo, the resolved commit and the file's sha256. Downloads are cached and resumable.",
-        epilog="Known names: libra-guard-0.5b, -1.5b, -3b, -7b, -14b "
-        "(caskcsg/Libra-Guard-Qwen2.5-*-Instruct).\n\n"
+        epilog=f"Known names ({len(PUBLISHED_GUARDS)}):\n{known}\n\n"
         "Examples:\n  libra-edge models pull libra-guard-3b\n"
         "  libra-edge models pull libra-guard-7b --quant q8_0\n"
         "  libra-edge models pull caskcsg/Libra-Guard-Qwen2.5-3B-Instruct --revision 1a2b3c4 "
@@ -321,12 +324,13 @@ def run_export(args: argparse.Namespace) -> int:
     from libra_edge.models import registry
 
     dest = args.dest.expanduser()
-    if not args.mkdir and not dest.exists():
-        # On removable media a missing folder usually means the drive is not mounted:
-        # creating it would silently write gigabytes to the local disk instead.
-        raise LibraError(f"{dest}: no such folder (is the drive mounted?)",
-                         hint="pass --mkdir to create it")
+    # On removable media a missing folder usually means the drive is not mounted: creating
+    # it would silently write gigabytes to the local disk instead. The rule is batch -o's
+    # (one function); the folder is made only once the model's name is known to be good.
+    if not args.mkdir:
+        destination_folder(dest, mkdir=False, name=str(dest), missing=" (is the drive mounted?)")
     registry.get_model(args.name)  # an unknown name is reported before any folder is made
+    destination_folder(dest, mkdir=True, name=str(dest))
     progress = _ProgressLine(f"exporting {args.name}")
     target = registry.export_model(args.name, dest, progress)
     progress.finish()

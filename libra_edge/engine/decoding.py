@@ -27,6 +27,7 @@ import numpy as np
 
 from libra_edge.engine import llama
 from libra_edge.engine.grammar import VERDICT_GRAMMAR
+from libra_edge.errors import LibraError
 
 
 # Candidates the grammar is asked about before the whole vocabulary (Decoder.greedy).
@@ -43,6 +44,18 @@ class Block:
     @property
     def end(self) -> int:
         return self.start + len(self.tokens)
+
+
+class CheckCancelled(LibraError):
+    """A check stopped before its verdict because its caller asked (a batch being stopped).
+
+    Raised between two llama.cpp calls, never inside one: what the sequence holds stays a
+    record of whole blocks plus tokens past them, which the next check drops, so a later
+    check of the same pair gets the same blocks and the same score.
+    """
+
+    def __init__(self, message: str = "stopped before its verdict") -> None:
+        super().__init__(message)
 
 
 class Decoder:
@@ -62,6 +75,10 @@ class Decoder:
         # Per sequence: the prompt blocks whose KV state it holds, then every token it holds.
         self.blocks: list[list[Block]] = [[] for _ in range(self.n_seq)]
         self.kv: list[list[int]] = [[] for _ in range(self.n_seq)]
+        self.interrupt: Callable[[], bool] | None = None
+        """Asked before every llama.cpp call of `evaluate`; True raises CheckCancelled (set by
+        the scheduler for the check it is admitting: a long response's windows and frame
+        tokens are many calls, and a stop must not wait for all of them)."""
 
     def close(self) -> None:
         """Free the grammar samplers (the context is freed by its owner)."""
@@ -145,6 +162,8 @@ class Decoder:
         rows: list[np.ndarray] = []
         step = self.ctx.n_batch
         for start in range(0, len(tokens), step):
+            if self.interrupt is not None and self.interrupt():
+                raise CheckCancelled()
             n_past = len(self.kv[seq])
             chunk = tokens[start : start + step]
             entries = [(seq, tok, n_past + i, start + i >= logits_from) for i, tok in enumerate(chunk)]

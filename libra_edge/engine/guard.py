@@ -17,7 +17,7 @@ import numpy as np
 from libra_edge import __version__
 from libra_edge.engine import llama
 from libra_edge.engine.chat import ChatTemplate
-from libra_edge.engine.decoding import Block, Decoder, Generation, JsonStringStream
+from libra_edge.engine.decoding import Block, CheckCancelled, Decoder, Generation, JsonStringStream
 from libra_edge.engine.scheduler import Request, Scheduler
 from libra_edge.engine.grammar import (
     ANALYSIS_OPENED,
@@ -461,13 +461,19 @@ class Guard:
         *,
         analysis: bool = True,
         on_text: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+        on_window: Callable[[int, int], None] | None = None,
     ) -> Verdict:
         """Judge one pair. With `analysis=False` (fast mode) stop right after the verdict.
 
         `on_text` receives the analysis text piece by piece as it is generated (from the
-        engine's worker thread).
+        engine's worker thread). Setting `cancel` stops the check within one llama.cpp
+        call, wherever it is (between a long response's windows, between decode steps):
+        it raises `CheckCancelled`. `on_window(k, n)` is called (from the worker thread)
+        before window k (0-based) of n of a response judged in windows.
         """
-        return self.submit(question, response, analysis=analysis, on_text=on_text).result()
+        return self.submit(question, response, analysis=analysis, on_text=on_text, cancel=cancel,
+                           on_window=on_window).result()
 
     def submit(
         self,
@@ -476,18 +482,22 @@ class Guard:
         *,
         analysis: bool = True,
         on_text: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+        on_window: Callable[[int, int], None] | None = None,
     ) -> Future[Verdict]:
         """Queue one pair; the future gets its Verdict. Thread-safe.
 
         Requests run with continuous batching over `parallel` sequences: each verdict is
         decided as soon as a sequence is free, in blocks of its own (bit-identical to a
         lone check), and analyses being written share decode steps. Cancelling the future
-        drops a queued request, or stops a running one at its next decode step.
+        drops a queued request, or stops a running one at its next llama.cpp call; so does
+        setting `cancel` (the future then fails with `CheckCancelled`).
         """
         if not isinstance(question, str) or not isinstance(response, str):
             raise LibraError("question and response must be strings")
         self._require_open()
-        return self._scheduler.submit(Request(question, response, analysis, on_text))
+        return self._scheduler.submit(Request(question, response, analysis, on_text, cancel=cancel,
+                                              on_window=on_window))
 
     @property
     def queue_depth(self) -> int:
@@ -500,6 +510,8 @@ class Guard:
         *,
         analysis: bool = True,
         on_verdict: Callable[[int, Verdict], None] | None = None,
+        cancel: threading.Event | None = None,
+        on_window: Callable[[int, int, int], None] | None = None,
     ) -> list[Verdict]:
         """Judge several pairs, up to `parallel` at once with continuous batching.
 
@@ -507,9 +519,18 @@ class Guard:
         decided in blocks of its own sequence). Analyses written together share decode
         batches, so their text can differ in rare near-ties from a lone check's.
         `on_verdict(index, verdict)` is called as each finishes (in finishing order).
-        The first failure is raised after every other pair has finished.
+        The first failure is raised after every other pair has finished. `cancel` stops
+        them all as in `check`; `on_window(index, k, n)` reports a windowed pair's windows.
         """
-        futures = {self.submit(q, r, analysis=analysis): i for i, (q, r) in enumerate(pairs)}
+
+        def windows_of(i: int) -> Callable[[int, int], None] | None:
+            report = on_window
+            if report is None:
+                return None
+            return lambda k, n: report(i, k, n)
+
+        futures = {self.submit(q, r, analysis=analysis, cancel=cancel, on_window=windows_of(i)): i
+                   for i, (q, r) in enumerate(pairs)}
         out: list[Verdict | None] = [None] * len(pairs)
         error: BaseException | None = None
         for fut in as_completed(futures):
@@ -523,6 +544,8 @@ class Guard:
             if on_verdict is not None:
                 on_verdict(i, verdict)
         if error is not None:
+            if cancel is not None and cancel.is_set():
+                raise CheckCancelled()  # the group was stopped: not a failure of its pairs
             raise error
         return [v for v in out if v is not None]
 
@@ -537,7 +560,8 @@ class Guard:
         return q, r, (q != question or r != response)
 
     def _start(
-        self, question: str, response: str, analysis: bool, on_text: Callable[[str], None] | None, *, seq: int
+        self, question: str, response: str, analysis: bool, on_text: Callable[[str], None] | None, *, seq: int,
+        on_window: Callable[[int, int], None] | None = None,
     ) -> tuple[_Pending, tuple[int, int] | None, dict[str, Any]]:
         """Decide one pair's verdict in sequence `seq` (every window scored when chunked).
 
@@ -551,8 +575,11 @@ class Guard:
         if len(windows) > 1:
             # Every window scored back to back (the question's blocks are reused), then the
             # deciding one judged again with its analysis: the same blocks, the same score.
-            scores = [self._begin(q_fit, w, False, None, seq=seq, truncated=truncated, t0=t0).score
-                      for w, _ in windows]
+            scores = []
+            for k, (w, _) in enumerate(windows):
+                if on_window is not None:
+                    on_window(k, len(windows))
+                scores.append(self._begin(q_fit, w, False, None, seq=seq, truncated=truncated, t0=t0).score)
             best = int(np.argmax(scores))
         pending = self._begin(q_fit, windows[best][0], analysis, on_text, seq=seq, truncated=truncated, t0=t0)
         span = self._span(windows[best][1], r, response, normalized, len(windows))

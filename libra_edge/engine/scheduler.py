@@ -6,6 +6,12 @@ decided right there, in the canonical blocks of its own sequence (decoding.py), 
 score is bit-identical to a lone `check` — and (2) decodes one analysis token for every
 sequence still writing one, in a single batch. A finished sequence's slot is taken by
 the next request on the next turn, not when a whole group is done.
+
+A request stops when its future is cancelled or its `cancel` event is set: before it is
+admitted, between two llama.cpp calls while its verdict is decided (a long response's
+windows are many calls), or between two decode steps of its analysis. It then fails with
+`CheckCancelled`; nothing half-made is kept, so the same pair checked later gets the same
+score.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from libra_edge.engine.decoding import Generation, JsonStringStream
+from libra_edge.engine.decoding import CheckCancelled, Generation, JsonStringStream
 from libra_edge.errors import LibraError
 
 if TYPE_CHECKING:
@@ -35,6 +41,14 @@ class Request:
     analysis: bool
     on_text: Callable[[str], None] | None
     future: Future[Verdict] = field(default_factory=Future)
+    cancel: threading.Event | None = None
+    """Set by the caller to stop the request wherever it is (a batch being stopped)."""
+    on_window: Callable[[int, int], None] | None = None
+    """`on_window(k, n)` before window k (0-based) of n of a response judged in windows."""
+
+    def stopped(self) -> bool:
+        """Whether the caller gave up on it (future cancelled, or its cancel event set)."""
+        return self.future.cancelled() or (self.cancel is not None and self.cancel.is_set())
 
 
 @dataclass
@@ -108,7 +122,8 @@ class Scheduler:
                 free = [s for s in range(n_seq) if s not in self._slots]
                 while free and self._queue:
                     req = self._queue.popleft()
-                    if req.future.cancelled():
+                    if req.stopped():
+                        _fail(req, CheckCancelled())
                         continue
                     admit.append((free.pop(0), req))
             for seq, req in admit:
@@ -121,7 +136,15 @@ class Scheduler:
         try:
             with guard._lock:
                 guard._require_open()
-                pending, span, extra = guard._start(req.question, req.response, req.analysis, req.on_text, seq=seq)
+                dec = guard._decoder
+                # Asked before each llama.cpp call of this verdict: its caller gave up, or the
+                # Guard is closing (Ctrl-C in `check`: closing must not wait for every window).
+                dec.interrupt = lambda: req.stopped() or self._closing
+                try:
+                    pending, span, extra = guard._start(req.question, req.response, req.analysis, req.on_text,
+                                                        seq=seq, on_window=req.on_window)
+                finally:
+                    dec.interrupt = None
                 if pending.stream is None or pending.logits is None:
                     verdict = guard._finish(pending, span, extra)
                     _resolve(req, verdict)
@@ -143,13 +166,14 @@ class Scheduler:
         cap = guard.max_new_tokens
         going: list[tuple[int, _Slot]] = []
         done: list[tuple[int, _Slot]] = []
+        stopped: list[tuple[int, _Slot]] = []  # given up by their callers: no verdict
         try:
             with guard._lock:
                 for seq, slot in slots.items():
                     gen: Generation = slot.pending.gen
                     stream: JsonStringStream = slot.pending.stream  # type: ignore[assignment]
-                    if slot.request.future.cancelled():
-                        done.append((seq, slot))
+                    if slot.request.stopped():
+                        stopped.append((seq, slot))
                         continue
                     if slot.written >= cap or len(dec.kv[seq]) >= dec.n_ctx_seq:
                         gen.cut = not stream.closed
@@ -178,10 +202,12 @@ class Scheduler:
                 guard._decoder.forget()
             return
         with self._cv:
-            for seq, _slot in done:
+            for seq, _slot in done + stopped:
                 self._slots.pop(seq, None)
         for slot, verdict in finished:
             _resolve(slot.request, verdict)
+        for _seq, slot in stopped:
+            _fail(slot.request, CheckCancelled())
 
 
 def _resolve(req: Request, verdict: Verdict) -> None:
