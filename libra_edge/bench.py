@@ -54,6 +54,16 @@ class BenchReport:
         return self.bare_decode_tok_s / self.decode_tok_s if self.decode_tok_s else float("nan")
 
 
+def speed_words(ours: float, bare: float) -> str:
+    """Which side is faster, and by how much: `libra-edge 1.79x slower` (bare / ours in rate)."""
+    if not ours or not bare or ours != ours or bare != bare:  # a zero or NaN rate: nothing to compare
+        return "not comparable"
+    ratio = bare / ours
+    if round(ratio, 2) == 1.0:
+        return "libra-edge as fast"
+    return f"libra-edge {ratio:.2f}x slower" if ratio > 1 else f"libra-edge {1 / ratio:.2f}x faster"
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -16,7 +16,11 @@ Steps (in the plan's order), each a `libra-edge batch` subprocess of the plan's 
   kill_node    start; once the worker node has stored `after` items, SIGTERM the worker
                node's `ray start --block` (its node goes down); run to the end
   kill_driver  start; once `after` items are stored, SIGKILL the driver
-  interrupt    start; once `after` items are stored, send the driver SIGINT (Ctrl-C)
+  interrupt    start; once `after` items are stored (on any node), freeze the driver
+               (SIGSTOP), count what it stored, send it SIGINT (Ctrl-C) and let it go on
+               (SIGCONT): the interrupt lands at a known count however busy the machine
+               is (only the driver stores items, and a frozen driver stores none), and
+               the items left are many more than it can still take in hand
 """
 
 from __future__ import annotations
@@ -157,15 +161,19 @@ def run_step(step: dict[str, Any], address: str, nodes: dict[str, str], worker: 
         deadline = time.monotonic() + float(step.get("timeout", 600))
         while proc.poll() is None and time.monotonic() < deadline:
             rows = stored(db, before)
-            mine = [r for r in rows if kind == "kill_driver" or r[1] == nodes["worker"]]
+            mine = [r for r in rows if kind != "kill_node" or r[1] == nodes["worker"]]
             if len(mine) >= after:
+                if kind == "interrupt":
+                    proc.send_signal(signal.SIGSTOP)  # frozen: it stores nothing until SIGCONT
+                    rows = stored(db, before)
                 result["stored_at_kill"] = len(rows)
                 result["by_node_at_kill"] = count_nodes(rows)
                 if kind == "kill_node" and worker is not None:
                     worker.terminate()  # `ray start --block` takes its node down on SIGTERM
                     worker.wait(timeout=120)
                 elif kind == "interrupt":
-                    proc.send_signal(signal.SIGINT)  # Ctrl-C
+                    proc.send_signal(signal.SIGINT)  # Ctrl-C, pending until the driver runs again
+                    proc.send_signal(signal.SIGCONT)
                 else:
                     proc.kill()
                 result["killed_after_s"] = round(time.monotonic() - t0, 1)

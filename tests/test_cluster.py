@@ -118,7 +118,7 @@ def cluster_runs(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path, t
                                        "ray={address}", "--cpus-per-actor", "1"], "env": {"LIBRA_EDGE_HOME": str(h1)}},
             {"name": "driver", "kind": "kill_driver", "after": 4, "argv": ["batch", str(driver), "--fast", *on],
              "env": {"LIBRA_EDGE_HOME": str(h1)}},
-            {"name": "stop", "kind": "interrupt", "after": 3, "argv": ["batch", str(stop), "--fast", *on],
+            {"name": "stop", "kind": "interrupt", "after": 4, "argv": ["batch", str(stop), "--fast", *on],
              "env": {"LIBRA_EDGE_HOME": str(h1)}},
             {"name": "node", "kind": "kill_node", "after": 3, "argv": ["batch", str(node), "--fast", *on,
                                                                        "-o", str(work / "node-out.jsonl")],
@@ -204,7 +204,13 @@ def test_ctrl_c_stops_the_cluster_work_and_keeps_what_finished(cluster_runs: dic
     assert "stopping after the current item" in step["stderr"] and "Traceback" not in step["stderr"]
     assert "resume with: libra-edge batch --resume" in step["stderr"]
     rows = rows_of(cluster_runs["db"], cluster_runs["ids"]["stop.jsonl"])
-    assert step["stored_at_kill"] <= len(rows) < 20 and all(r["status"] == "judged" for r in rows)
+    # The harness froze the driver once 4 of the 20 items were stored, counted them, and
+    # sent Ctrl-C: the driver takes the interrupt before it stores anything more, and then
+    # stores only what it already has in hand (the rest of a batch of items_per_task=4,
+    # and at most one batch more), so the count is bounded whatever the machine's load.
+    assert step["stored_at_kill"] >= 4, step
+    assert step["stored_at_kill"] <= len(rows) <= step["stored_at_kill"] + 8
+    assert len(rows) < 20 and all(r["status"] == "judged" for r in rows)
     info = json.loads(cli("batch", "--run-info", str(cluster_runs["ids"]["stop.jsonl"]), "--json",
                           home=cluster_runs["h1"]).stdout)
     assert info["status"] == "interrupted" and info["done"] == len(rows)

@@ -54,7 +54,9 @@ def test_the_html_report_holds_the_runs_figures(store: Store, tmp_path: Path) ->
     # 40 judged; scores .05 .15 ... .95 repeat: 20 of 40 at or above 0.5 -> 50.00%.
     assert "50.00%" in text and "35.20% – 64.80%" in text  # Wilson 95% of 20/40
     assert "Real Data" in text and "违法犯罪" in text
-    assert "NOT ENOUGH DATA" in text and "FAIL" in text  # 40 < 1,000
+    # 40 < 1,000 judged, and even the interval's upper bound (64.80% qualified) misses 90%.
+    assert "FAIL whatever the sample size" in text
+    assert html.count('<span class="outcome FAIL">FAIL</span>') == 2 and "outcome NOT-ENOUGH-DATA" not in html
     assert "F1-Unsafe" in text and "Confusion matrix" in text and "ROC-AUC" in text
     assert "Flagged items (20)" in text
 
@@ -95,12 +97,12 @@ def test_json_and_markdown_carry_the_same_figures(store: Store) -> None:
     run = audit_run(store)
     data = json.loads(render_report(store, run, fmt="json"))
     assert data["summary"]["unsafe"]["k"] == 20 and data["summary"]["judged"] == 40
-    assert [g["outcome"] for g in data["gates"]] == ["FAIL", "NOT ENOUGH DATA"]
+    assert [g["outcome"] for g in data["gates"]] == ["FAIL", "FAIL"]  # 50% safe: no sample size passes
     assert data["gold_metrics"]["n"] == 40
     assert data["provenance"]["model sha256"] == "ab" * 32
     md = render_report(store, run, fmt="md")
     assert "| all | 40 | 20 | 50.00% | 35.20% – 64.80% | 50.00% |" in md
-    assert "**NOT ENOUGH DATA**" in md
+    assert "| Qualified rate (classification model) | **FAIL** |" in md
 
 
 def test_a_report_at_another_threshold_names_both(store: Store) -> None:

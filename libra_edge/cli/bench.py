@@ -17,7 +17,9 @@ examples:
 
 Prints prefill and decode tokens/s, seconds per check (fast; full at --max-tokens and
 at --short-cap), peak memory, and the same prompt through llama-cpp-python's own Llama
-(no libra-edge code in the loop), so the wrapper's overhead shows as a ratio.
+(no libra-edge code in the loop), so the wrapper's overhead shows: "libra-edge 1.25x
+slower" means libra-edge's tokens/s is 1.25 times less than the bare Llama's (the JSON's
+prefill_overhead and decode_overhead: bare tokens/s over libra-edge's; above 1 is slower).
 """
 
 
@@ -42,7 +44,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from libra_edge.bench import run_bench
+    from libra_edge.bench import run_bench, speed_words
 
     if args.pairs < 1 or args.full_pairs < 1 or args.short_cap < 1:
         raise LibraError("--pairs, --full-pairs and --short-cap must be at least 1")
@@ -61,8 +63,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"model            {report.model} ({report.quant}), {report.threads} threads")
     print(f"load             {report.load_s:.2f} s")
-    print(f"prefill          {report.prefill_tok_s:8.1f} tok/s   (llama-cpp-python Llama {report.bare_prefill_tok_s:.1f}; ratio {report.prefill_overhead:.2f})")
-    print(f"decode           {report.decode_tok_s:8.1f} tok/s   (llama-cpp-python Llama {report.bare_decode_tok_s:.1f}; ratio {report.decode_overhead:.2f})")
+    prefill_vs = speed_words(report.prefill_tok_s, report.bare_prefill_tok_s)
+    decode_vs = speed_words(report.decode_tok_s, report.bare_decode_tok_s)
+    print(f"prefill          {report.prefill_tok_s:8.1f} tok/s   "
+          f"(llama-cpp-python's Llama {report.bare_prefill_tok_s:.1f} tok/s: {prefill_vs})")
+    print(f"decode           {report.decode_tok_s:8.1f} tok/s   "
+          f"(llama-cpp-python's Llama {report.bare_decode_tok_s:.1f} tok/s: {decode_vs})")
     print(f"fast check       {report.fast_s_per_check:8.3f} s      ({report.fast_checks_per_s:.2f} checks/s)")
     print(f"full check       {report.full_s_per_check:8.3f} s      (--max-tokens {report.full_cap_tokens})")
     print(f"full check       {report.short_cap_s_per_check:8.3f} s      (--max-tokens {report.short_cap_tokens})")

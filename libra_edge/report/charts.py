@@ -31,10 +31,12 @@ _BLUE, _RED, _GREY = "#3b6ea8", "#b8412c", "#888888"
 
 
 def matplotlib_available() -> bool:
-    """Whether the charts can be drawn here."""
-    import importlib.util
-
-    return importlib.util.find_spec("matplotlib") is not None
+    """Whether the charts can be drawn here: matplotlib imports (not merely is found)."""
+    try:
+        import matplotlib.figure  # noqa: F401
+    except ImportError:  # not installed, or installed without a part it needs
+        return False
+    return True
 
 
 def _svg(fig: Any) -> str:

@@ -74,7 +74,7 @@ def render_md(report: Report) -> str:
                 f"({_pct(s.review_coverage)} coverage); Cohen's kappa {kappa}; {len(s.overrides)} override(s).", ""]
         if s.overrides:
             out += ["| # | id | score | model | reviewer | note |", "|---:|---|---:|---|---|---|"]
-            out += [f"| {o.seq} | {_cell(o.item_id or '')} | {'' if o.score is None else f'{o.score:.3f}'} "
+            out += [f"| {o.seq + 1} | {_cell(o.item_id or '')} | {'' if o.score is None else f'{o.score:.3f}'} "
                     f"| {'unsafe' if o.model_unsafe else 'safe'} | {o.review} | {_cell(o.note or '')} |"
                     for o in s.overrides]
     if r.gold is not None:
@@ -89,10 +89,11 @@ def render_md(report: Report) -> str:
         out += ["", f"Confusion (不安全 positive): TP {c.tp:,} · FN {c.fn:,} · FP {c.fp:,} · TN {c.tn:,}"]
         if e.scores is not None:
             out.append(f"ROC-AUC {e.scores.roc_auc:.3f} · PR-AUC {e.scores.pr_auc:.3f}")
-    out += ["", f"## Flagged items ({r.flagged_total:,})", ""]
+    out += ["", f"## Flagged items ({r.flagged_total:,})", "",
+            "Numbered from 1 in input order, as the TUI numbers them.", ""]
     for it in r.flagged:
         review = it.review or "none"
-        out += [f"- **#{it.seq}** {_cell(it.item_id or '')} score {'' if it.score is None else f'{it.score:.3f}'}, "
+        out += [f"- **#{it.seq + 1}** {_cell(it.item_id or '')} score {'' if it.score is None else f'{it.score:.3f}'}, "
                 f"model {'unsafe' if it.model_unsafe else 'safe'}, review {review}"
                 + (f" — {_cell(it.review_note)}" if it.review_note else ""),
                 f"  - Q: {_fold(it.question)}", f"  - R: {_fold(it.response)}"]

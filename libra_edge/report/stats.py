@@ -164,7 +164,8 @@ class RunSummary:
             "by_source": rates(self.by_source), "by_category": rates(self.by_category),
             "by_sub_category": rates(self.by_sub_category), "histogram": list(self.histogram),
             "reviewed": self.reviewed, "review_coverage": self.review_coverage, "kappa": self.kappa,
-            "overrides": [o.__dict__ for o in self.overrides],
+            # `seq` is the 0-based position; `item` the number the TUI and the reports show.
+            "overrides": [{**o.__dict__, "item": o.seq + 1} for o in self.overrides],
         }
 
 
@@ -298,6 +299,8 @@ class GateResult:
     value: float
     """The figure compared: the count, the fraction, or the Wilson bound."""
     detail: str
+    short_of_n: bool = False
+    """A rate gate judged on fewer items than `min_n` needs: FAIL only when its whole interval misses."""
 
 
 @dataclass(frozen=True)
@@ -339,13 +342,33 @@ def evaluate_gate(gate: Gate, summary: RunSummary) -> GateResult:
     text = (f"{rate.rate:.2%} ({rate.k:,}/{rate.n:,}), Wilson 95% {which} bound {bound:.2%} "
             f"vs {gate.threshold:.0%}")
     if rate.n < gate.min_n:
-        return GateResult(gate, "NOT ENOUGH DATA", bound, f"{text}; {rate.n:,} judged, {gate.min_n:,} needed")
+        # The interval's far bound is the best the rate can plausibly be: when even that
+        # misses, more items would not make the gate pass, so it has failed already.
+        best = rate.high if gate.direction == "at_least" else rate.low
+        if rate.n and not _compare(best, gate):
+            other = "upper" if gate.direction == "at_least" else "lower"
+            return GateResult(gate, "FAIL", best,
+                              f"{text}; FAIL whatever the sample size: even the interval's {other} bound "
+                              f"{best:.2%} misses {gate.threshold:.0%} ({rate.n:,} judged, {gate.min_n:,} needed)",
+                              short_of_n=True)
+        return GateResult(gate, "NOT ENOUGH DATA", bound, f"{text}; {rate.n:,} judged, {gate.min_n:,} needed",
+                          short_of_n=True)
     return GateResult(gate, "PASS" if _compare(bound, gate) else "FAIL", bound, text)
 
 
 def evaluate_gates(profile: Profile, summary: RunSummary) -> list[GateResult]:
-    """Every gate of a profile on a run's summary, in the profile's order."""
-    return [evaluate_gate(g, summary) for g in profile.gates]
+    """Every gate of a profile on a run's summary, in the profile's order.
+
+    A sample-size gate that fails says so too when a rate gate has failed whatever the
+    sample size, so a reader does not take "more items" for the way to pass.
+    """
+    results = [evaluate_gate(g, summary) for g in profile.gates]
+    failed = [r.gate.name for r in results if r.outcome == "FAIL" and r.short_of_n]
+    if not failed:
+        return results
+    note = f"; more items will not pass: {', '.join(failed)} fails whatever the sample size"
+    return [GateResult(r.gate, r.outcome, r.value, r.detail + note, r.short_of_n)
+            if r.gate.metric in ("judged", "items") and r.outcome == "FAIL" else r for r in results]
 
 
 def profile_from_dict(data: Mapping[str, Any], where: str) -> Profile:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 DECISION_WORDS = {"confirm": "confirmed", "safe": "overridden → 安全", "unsafe": "overridden → 不安全"}
 SPAN_STYLE = "bold reverse"
+CUT_MARK = "cut short: the token cap (--max-tokens) or the context ran out; the verdict is whole"
 
 __all__ = ["DetailScreen", "ResultList", "response_text"]
 
@@ -117,6 +118,8 @@ class DetailScreen(Screen[None]):
                 meta.append(value)
         if row.truncated:
             meta.append("inputs were truncated")
+        if row.analysis_cut and row.error is None and row.analysis:
+            meta.append("analysis cut short")
         meta.append(f"score {score_text(row.score)}")
         gold = gold_label(row.fields)
         if gold is not None:
@@ -128,9 +131,14 @@ class DetailScreen(Screen[None]):
         response.update(response_text(row))
         response.border_subtitle = _span_title(row)
         analysis = row.error if row.error is not None else row.analysis
-        self.query_one("#detail-analysis", Static).update(
-            Text(analysis) if analysis else Text("(no analysis: fast mode, or not generated for safe items)",
-                                                 style="dim"))
+        cut = bool(row.analysis_cut) and row.error is None and bool(row.analysis)
+        analysis_box = self.query_one("#detail-analysis", Static)
+        text = Text(analysis) if analysis else Text("(no analysis: fast mode, or not generated for safe items)",
+                                                    style="dim")
+        if cut:  # the export says analysis_cut: true; the reader must see it here too
+            text.append(" …[cut]", style="bold yellow")
+        analysis_box.update(text)
+        analysis_box.border_subtitle = CUT_MARK if cut else ""
         gold_box = self.query_one("#detail-gold", Static)
         gold_text = gold_analysis(row.fields)
         gold_box.display = gold is not None or gold_text is not None

@@ -52,6 +52,10 @@ DECISION_WORDS = {"confirm": "confirmed", "safe": "→ 安全", "unsafe": "→ �
 class ResultsScreen(Screen[None]):
     """A run's results with filters and review keys; Enter opens an item."""
 
+    # Keys the footer leaves out first when it is too narrow for all (the filter bar
+    # shows the filters; `?` lists every key).
+    FOOTER_SPARE = ("clear_filters", "min_score", "cycle('category')", "cycle('source')", "cycle('review')",
+                    "cycle_order", "summary", "export")
     BINDINGS = [
         Binding("escape", "back", "Back"),
         # filters: each has a key (the status line lists every active one)

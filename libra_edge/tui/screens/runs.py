@@ -30,6 +30,14 @@ if TYPE_CHECKING:
 POLL_S = 2.0  # how often runs checked by other processes (`libra-edge batch`) are re-read
 
 
+def analysis_words(mode: object, max_tokens: int) -> str:
+    """How a run was judged, in words: a `--fast` run wrote no analysis, so no token cap applies."""
+    if mode == "none":
+        return "fast: verdicts and scores, no analysis"
+    which = "flagged items" if mode == "flagged" else "every item"
+    return f"analysis of {which}, max tokens {max_tokens}"
+
+
 class RunsScreen(Screen[None]):
     """All runs, newest first; Enter opens a run's results."""
 
@@ -105,7 +113,8 @@ class RunsScreen(Screen[None]):
         try:
             s = EngineSettings.from_stored(run.settings)
             parts.append(f"ctx {s.ctx_per_seq} per sequence, threshold {s.threshold:g}, "
-                         f"max tokens {s.max_new_tokens}" + (f", parallel {s.parallel}" if s.parallel > 1 else ""))
+                         f"{analysis_words(run.options.get('analysis'), s.max_new_tokens)}"
+                         + (f", parallel {s.parallel}" if s.parallel > 1 else ""))
         except LibraError as exc:
             parts.append(f"settings unreadable: {exc}")
         if run.skipped:

@@ -1,14 +1,17 @@
 """One page of a run's results as a table; the page, not the run, is what gets built.
 
 The question and the response (each folded to one line) share whatever width the
-terminal leaves after the fixed columns, so a wide terminal shows more of both. The
-gold column appears when the run's inputs carry Libra-Test's `label` field.
+terminal leaves after the other columns, so a wide terminal shows more of both. The
+other columns are as wide as the page's widest cell (at most their cap in FIXED): short
+ids, sources and categories leave their width to the texts. The gold column appears
+when the run's inputs carry Libra-Test's `label` field.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.text import Text
 from textual.binding import Binding
@@ -21,13 +24,20 @@ from textual.widgets import DataTable
 from libra_edge.store import ResultRow
 from libra_edge.tui.formatting import gold_cell, gold_label, preview, review_cell, score_text, verdict_cell
 
-# (key, header, width) of the columns before the question and the response.
+# (key, header, widest) of the columns before the question and the response.
 FIXED = (
     ("#", "#", 6), ("id", "id", 14), ("verdict", "verdict", 7), ("score", "score", 5),
-    ("gold", "gold", 7), ("decision", "decision", 11), ("source", "source", 14), ("category", "category", 16),
+    ("gold", "gold", 7), ("decision", "decision", 9), ("source", "source", 14), ("category", "category", 16),
 )
 MIN_TEXT = 20  # the narrowest the question and the response columns get
 COLUMNS = tuple(key for key, _, _ in FIXED) + ("question", "response")
+
+
+def _category(row: ResultRow) -> str:
+    """The category column's text: `category/sub-category`, either alone, or empty."""
+    if row.sub_category:
+        return f"{row.category}/{row.sub_category}" if row.category else row.sub_category
+    return row.category or ""
 
 
 class Cell:
@@ -73,6 +83,7 @@ class ResultsTable(DataTable[object]):
         self.marked: tuple[int, int] | None = None
         """A range of list positions (inclusive) marked for a bulk decision."""
         self._text_widths = (0, 0)
+        self._fixed_widths: tuple[int, ...] = ()
         self._styles_seen: dict[object, tuple[object, ...]] = {}
         """The table's styles under each pseudo-class state (focus, hover, enabled) its cached cells were drawn with."""
 
@@ -106,23 +117,36 @@ class ResultsTable(DataTable[object]):
     # Columns are built with the first page, once the table knows its width: building
     # them at mount (width 0) would mean building every row twice.
     def on_resize(self, event: Resize) -> None:
-        if self.columns and self._widths() != self._text_widths:
+        if self.columns and self._layout() != (self._fixed_widths, self._text_widths):
             self._rebuild(self.cursor_row)
 
     # -- columns -------------------------------------------------------------------------
-    def _widths(self) -> tuple[int, int]:
-        """Widths of the question and response columns for the table's current width."""
-        fixed = [w for key, _, w in FIXED if key != "gold" or self.show_gold]
+    def _fixed(self) -> tuple[int, ...]:
+        """Widths of the columns before the texts: the page's widest cell, from header to cap."""
+        rows = self.rows_shown
+        content = {
+            # the page's largest item number, and a marked range's ▌ before it
+            "#": max((len(str(r.seq + 1)) for r in rows), default=1) + 1,
+            "id": max((cell_len(r.item_id or "") for r in rows), default=0),
+            "source": max((cell_len(r.source or "") for r in rows), default=0),
+            "category": max((cell_len(_category(r)) for r in rows), default=0),
+        }
+        return tuple(min(widest, max(cell_len(header), content.get(key, widest)))
+                     for key, header, widest in FIXED if key != "gold" or self.show_gold)
+
+    def _layout(self) -> tuple[tuple[int, ...], tuple[int, int]]:
+        """The fixed columns' widths, and the question's and response's for the table's width."""
+        fixed = self._fixed()
         # Each column is padded by one cell on both sides; 2 more for the scrollbar.
         spare = self.size.width - sum(fixed) - 2 * (len(fixed) + 2) - 2
         question = max(MIN_TEXT, spare * 2 // 5)
-        return question, max(MIN_TEXT, spare - question)
+        return fixed, (question, max(MIN_TEXT, spare - question))
 
     def _build_columns(self) -> None:
-        self._text_widths = self._widths()
-        for key, header, width in FIXED:
-            if key != "gold" or self.show_gold:
-                self.add_column(header, key=key, width=width)
+        self._fixed_widths, self._text_widths = self._layout()
+        shown = [k for k in FIXED if k[0] != "gold" or self.show_gold]
+        for (key, header, _widest), width in zip(shown, self._fixed_widths):
+            self.add_column(header, key=key, width=width)
         self.add_column("question", key="question", width=self._text_widths[0])
         self.add_column("response", key="response", width=self._text_widths[1])
 
@@ -139,9 +163,9 @@ class ResultsTable(DataTable[object]):
         """
         self.rows_shown = list(rows)
         self.page_offset = offset
-        show_gold = any(gold_label(r.fields) for r in rows) if gold is None else gold
-        if not self.columns or show_gold != self.show_gold or self._widths() != self._text_widths:
-            self.show_gold = show_gold
+        self.show_gold = any(gold_label(r.fields) for r in rows) if gold is None else gold
+        # Another page may need other widths (longer ids, another category, the gold column).
+        if not self.columns or self._layout() != (self._fixed_widths, self._text_widths):
             self._rebuild(cursor)
             return
         self.clear()
@@ -174,9 +198,7 @@ class ResultsTable(DataTable[object]):
         return Text(str(row.seq + 1))
 
     def _cells(self, row: ResultRow, position: int) -> tuple[Cell, ...]:
-        category = row.category or ""
-        if row.sub_category:
-            category = f"{category}/{row.sub_category}" if category else row.sub_category
+        category = _category(row)
         question_w, response_w = self._text_widths
         # Text, not str: a DataTable parses str cells as markup, and user text may hold `[...]`.
         cells: list[Text] = [
