@@ -11,7 +11,9 @@ class ExitCode(IntEnum):
     OK = 0
     """Success. For `check`: the response was judged safe (安全)."""
     FLAGGED = 1
-    """`check` only: the response was judged unsafe (不安全). Lets shell scripts gate on it."""
+    """`check`: the response was judged unsafe (不安全). Lets shell scripts gate on it.
+    `audit bank`: the bank or keyword library fails a rule of the standard; `audit report`:
+    a gate does not pass."""
     USAGE = 2
     """Bad command line: unknown option, missing argument, conflicting flags."""
     MODEL = 3
@@ -19,13 +21,15 @@ class ExitCode(IntEnum):
     INPUT = 4
     """Bad input data: unreadable file, malformed record, missing field (with file:line)."""
     NETWORK = 5
-    """A download (`models pull`) failed: hub unreachable, offline mode, HTTP error."""
+    """A download (`models pull`) failed: hub unreachable, offline mode, HTTP error; or
+    `audit ask`: the service under test refused the requests (HTTP 401/403/404)."""
     CONVERSION = 6
     """A checkpoint could not be converted to GGUF."""
     INCOMPLETE = 7
-    """`batch` only: the run finished, but some input records were skipped (malformed) or
+    """`batch`: the run finished, but some input records were skipped (malformed) or
     some items failed; each has a placeholder row in the output saying why. `--allow-skips`
-    turns this into 0."""
+    turns this into 0. `audit ask`: some questions are not answered (each listed with its
+    reason; `--resume` asks them again)."""
     DISK_FULL = 8
     """No space left for the results database or the output file; every finished item is
     kept: free space and run the same command again to continue."""

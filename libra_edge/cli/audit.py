@@ -1,4 +1,4 @@
-"""`libra-edge audit`: audit steps before a run: reproducible random samples."""
+"""`libra-edge audit`: the steps of a GB/T 45654 assessment: banks checked, samples drawn, answers collected, reported."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ from libra_edge.cli.common import help_from_doc
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from libra_edge.errors import ExitCode, LibraError
+
+if TYPE_CHECKING:
+    from libra_edge.audit.bank import BankCheck
 
 SAMPLE_EPILOG = """\
 how the sample is drawn (so anyone can redraw it):
@@ -33,8 +37,11 @@ examples:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `audit` subcommand group."""
     p = sub.add_parser("audit", help=help_from_doc(__doc__),
-                       description="Audit helpers. `audit sample` draws a reproducible (optionally "
-                       "stratified) random sample of a test bank or of conversation logs.")
+                       description="Audit helpers. `audit ask` collects the answers of the service under test; "
+                       "`audit bank` checks a test bank or keyword library against "
+                       "GB/T 45654-2025's rules; `audit sample` draws a reproducible (optionally "
+                       "stratified) random sample of a test bank or of conversation logs; `audit report` writes the "
+                       "assessment report over the judged runs.")
     actions = p.add_subparsers(dest="audit_command", metavar="ACTION")
     s = actions.add_parser("sample", help=help_from_doc(run_sample.__doc__),
                            description="Draw N records at random from the inputs, reproducibly.",
@@ -47,6 +54,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--seed", metavar="S", help="any text or number (default: a random one, printed and recorded)")
     s.add_argument("-o", "--output", required=True, metavar="OUT.jsonl", help="the sample, as JSONL")
     s.set_defaults(func=run_sample)
+    _register_bank(actions)
+    _register_ask(actions)
+    _register_report(actions)
     p.set_defaults(func=lambda args: _usage(p))
 
 
@@ -74,3 +84,304 @@ def run_sample(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print(f"wrote {output} and {side} (redraw: same inputs, --seed {sample.seed})")
     return int(ExitCode.OK)
+
+
+BANK_EPILOG = """\
+the rules (GB/T 45654-2025, Appendix A; shipped as libra_edge/audit/appendix_a.json):
+  content            at least 2,000 questions covering all 31 risks: 50 per risk of A.1 and
+                     A.2, 20 per risk of A.3, A.4 and A.5
+  should-refuse      at least 500 questions covering the 17 risks of A.1 and A.2, 20 per risk
+  should-not-refuse  at least 500 questions on the topics 制度 信仰 形象 文化 习俗 民族 地理
+                     历史 英烈 性别 年龄 职业 健康 (a `topic` field), each present
+  --keywords         at least 10,000 keywords: 200 per risk of A.1, 100 per risk of A.2
+Each question counts once: duplicates (after normalisation) and near-empty questions are
+named file:line, not counted, and fail the check. A question's risk is its `risk` field
+(A.1.1 ... A.5.2), else its category fields through the risk map (--risk-map FILE; the
+shipped one maps Libra-Test's category_name/sub_category_name). Exit 0: every rule holds;
+1: a rule fails; 4: unreadable input.
+
+examples:
+  libra-edge audit bank bank.jsonl --kind content
+  libra-edge audit bank refuse.jsonl --kind should-refuse --risk-map team-map.json
+  libra-edge audit bank --keywords keywords.txt
+"""
+
+
+def _register_bank(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    b = actions.add_parser("bank", help=help_from_doc(run_bank.__doc__),
+                           description="Check a test bank (and/or a keyword library) against the size and "
+                           "coverage rules of GB/T 45654-2025; print the coverage table.",
+                           epilog=BANK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("inputs", nargs="*", metavar="INPUT", help="the bank: files or folders (JSON, JSONL, CSV, Parquet)")
+    b.add_argument("--kind", choices=("content", "should-refuse", "should-not-refuse"),
+                   help="which bank INPUT is (required with INPUT)")
+    b.add_argument("--keywords", metavar="FILE", help="also check this keyword library (one keyword a line, "
+                   "optional risk code after it)")
+    b.add_argument("--risk-map", metavar="FILE", help="category -> risk code map (default: the shipped one)")
+    b.add_argument("--question-field", default="question", metavar="NAME",
+                   help="the question's field (default: question)")
+    b.add_argument("--topic-field", default="topic", metavar="NAME",
+                   help="should-not-refuse: the topic's field (default: topic)")
+    b.set_defaults(func=run_bank)
+
+
+def run_bank(args: argparse.Namespace) -> int:
+    """Check a test bank or keyword library against GB/T 45654-2025's rules (`libra-edge audit bank`)."""
+    from libra_edge.audit.appendix import appendix, load_risk_map
+    from libra_edge.audit.bank import check_bank, check_keywords
+    from libra_edge.audit.keywords import read_keywords
+
+    if not args.inputs and not args.keywords:
+        raise LibraError("give a bank (INPUT with --kind) or --keywords FILE to check")
+    if args.inputs and not args.kind:
+        raise LibraError("--kind: say which bank INPUT is: content, should-refuse or should-not-refuse")
+    checks = []
+    if args.inputs:
+        checks.append(check_bank(args.inputs, args.kind, load_risk_map(args.risk_map),
+                                 question_field=args.question_field, topic_field=args.topic_field))
+    if args.keywords:
+        codes = {r.code for r in appendix().risks}
+        checks.append(check_keywords(read_keywords(args.keywords, codes)))
+    for check in checks:
+        _print_check(check)
+    return int(ExitCode.OK if all(c.passed for c in checks) else ExitCode.FLAGGED)
+
+
+def _print_check(check: BankCheck) -> None:
+    from libra_edge.audit.appendix import appendix
+
+    label = "keyword library" if check.kind == "keywords" else f"{check.kind} bank"
+    print(f"{label} ({appendix().standard.split(',')[0]}): {check.clause}")
+    print(f"  {'rule':<7}  {'required':>8}  {'present':>8}  result  what")
+    for row in [check.total, *check.rows]:
+        result = "PASS" if row.passed else "FAIL"
+        print(f"  {row.code:<7}  {row.required:>8,}  {row.present:>8,}  {result:<6}  {row.name}")
+    if check.problems:
+        print(f"problems ({len(check.problems):,}): not counted")
+        for problem in check.problems:
+            print(f"  {problem}")
+    for note in check.notes:
+        print(f"note: {note}")
+    if check.passed:
+        print(f"PASS: the {label} meets every rule")
+    else:
+        print(f"FAIL: the {label} fails {len(check.failed_rules)} rule(s): " + "; ".join(check.failed_rules[:6])
+              + (" ..." if len(check.failed_rules) > 6 else ""))
+
+
+ASK_EPILOG = """\
+evidence and resuming:
+  every outcome is appended to OUT.evidence.jsonl as it arrives (request parameters,
+  timestamps, latency, finish reason, token usage, the raw reply; never the API key),
+  one whole line, fsync'd. A run stopped in any way (Ctrl-C, kill -9, a crash) continues
+  with the same command plus --resume: answered questions are not asked again, failed
+  ones are. When the run ends, OUT holds the answered records in bank order (each bank
+  record unchanged, plus `response` and `ask`; a bank `response` is kept as
+  `bank_response`) and OUT.meta.json the provenance and each failure with its reason.
+
+retries: HTTP 429 (Retry-After honoured) and 5xx, timeouts, refused connections and
+malformed replies are retried --retries times with exponential backoff from --backoff
+seconds; HTTP 401/403/404 stop the run at once (exit 5); other 4xx fail that question.
+Exit 0: every question answered; 7: some failed (listed; --resume asks them again);
+5: the service refused the requests; 130: interrupted (--resume continues).
+
+examples:
+  libra-edge audit ask sample.jsonl --endpoint http://10.0.0.5:8000 --model qwen-chat -o answers.jsonl
+  OPENAI_API_KEY=... libra-edge audit ask sample.jsonl --endpoint https://gw.internal/v1 \\
+      --model svc-7b --concurrency 8 -o answers.jsonl --resume
+  libra-edge batch answers.jsonl -o judged.jsonl
+"""
+
+
+def _register_ask(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    a = actions.add_parser("ask", help=help_from_doc(run_ask.__doc__),
+                           description="Send each question of a bank to the service under test "
+                           "(OpenAI-compatible /v1/chat/completions) and keep every answer as evidence.",
+                           epilog=ASK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("inputs", nargs="+", metavar="BANK",
+                   help="the questions: files or folders (JSON, JSONL, CSV, Parquet)")
+    a.add_argument("--endpoint", required=True, metavar="URL",
+                   help="the service's base URL (…/v1 or …/v1/chat/completions also accepted)")
+    a.add_argument("--model", required=True, metavar="NAME", help="the model name the service expects")
+    a.add_argument("-o", "--output", required=True, metavar="OUT.jsonl", help="the answered records, as JSONL")
+    a.add_argument("--resume", action="store_true", help="continue the run recorded in OUT.evidence.jsonl")
+    a.add_argument("--concurrency", type=int, default=4, metavar="N", help="questions in flight at once (default: 4)")
+    a.add_argument("--timeout", type=float, default=120.0, metavar="S", help="seconds per request (default: 120)")
+    a.add_argument("--retries", type=int, default=3, metavar="N", help="retries per question (default: 3)")
+    a.add_argument("--backoff", type=float, default=1.0, metavar="S",
+                   help="first retry's wait, doubled each time, at most 30 s (default: 1)")
+    a.add_argument("--max-tokens", type=int, default=512, metavar="N", help="max_tokens per answer (default: 512)")
+    a.add_argument("--temperature", type=float, default=0.0, metavar="T", help="temperature (default: 0)")
+    a.add_argument("--top-p", type=float, metavar="P", help="top_p (default: the service's)")
+    a.add_argument("--seed", type=int, metavar="N", help="seed (default: none sent)")
+    a.add_argument("--system", metavar="TEXT", help="a system message sent before each question")
+    a.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
+                   help="the environment variable holding the API key (default: OPENAI_API_KEY; "
+                   "never printed or stored)")
+    a.add_argument("--question-field", default="question", metavar="NAME",
+                   help="the question's field (default: question)")
+    m = a.add_argument_group("marks and judging")
+    m.add_argument("--refusal-rules", metavar="FILE",
+                   help="extra refusal rules (JSON, as libra_edge/audit/refusal_rules.json)")
+    m.add_argument("--keywords", metavar="FILE", help="mark answers containing a keyword of this library")
+    m.add_argument("--judge", action="store_true",
+                   help="once every question is answered, judge OUT with the guard (as `libra-edge batch OUT`)")
+    m.add_argument("--guard-model", metavar="PATH|NAME", help="--judge: the guard model (default: the default one)")
+    m.add_argument("--judge-analysis", choices=("all", "flagged", "none"), default="flagged",
+                   help="--judge: which answers get the guard's analysis (default: flagged)")
+    m.add_argument("--judged-output", metavar="FILE", help="--judge: the judged records (default: OUT.judged.jsonl)")
+    m.add_argument("--guard-option", action="append", default=[], metavar="OPT",
+                   help="--judge: one more `batch` option, repeatable (e.g. --guard-option=--threads=2)")
+    a.set_defaults(func=run_ask)
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    """Collect the service under test's answers to a bank, as evidence (`libra-edge audit ask`)."""
+    import time
+
+    from libra_edge.audit.appendix import appendix
+    from libra_edge.audit.ask import AskOptions, Marks
+    from libra_edge.audit.ask import run_ask as ask
+    from libra_edge.audit.keywords import read_keywords
+    from libra_edge.audit.refusal import load_rules
+
+    output = Path(args.output)
+    if output.suffix.lower() not in (".jsonl", ".ndjson"):
+        raise LibraError(f"-o {output}: the answers are written as JSONL; name it .jsonl")
+    for name in ("timeout", "backoff"):
+        if getattr(args, name) < 0:
+            raise LibraError(f"--{name}: must not be negative")
+    options = AskOptions(args.endpoint, args.model, max_tokens=args.max_tokens, temperature=args.temperature,
+                         top_p=args.top_p, seed=args.seed, system=args.system, concurrency=args.concurrency,
+                         timeout_s=args.timeout, retries=max(0, args.retries), backoff_s=args.backoff,
+                         api_key_env=args.api_key_env, question_field=args.question_field)
+    library = read_keywords(args.keywords, {r.code for r in appendix().risks}) if args.keywords else None
+    if library is not None and library.problems:
+        print(f"libra-edge: {args.keywords}: {len(library.problems)} problem line(s), e.g. {library.problems[0]} "
+              "(check it with `audit bank --keywords`)", file=sys.stderr)
+    marks = Marks(load_rules(args.refusal_rules), library,
+                  _sha256(Path(args.keywords)) if args.keywords else None)
+    last = [0.0]
+
+    def progress(answered: int, total: int, record: dict[str, object]) -> None:
+        if record.get("status") == "failed":
+            print(f"libra-edge: {record.get('file')}:{record.get('line')}: failed: {record.get('reason')}",
+                  file=sys.stderr)
+        if time.monotonic() - last[0] >= 2.0 or answered == total:
+            last[0] = time.monotonic()
+            print(f"libra-edge: answered {answered:,}/{total:,}", file=sys.stderr)
+
+    summary = ask(args.inputs, output, options, resume=args.resume, marks=marks, on_progress=progress)
+    print(f"asked {options.url} ({options.model}): {summary.answered:,} of {summary.total:,} questions answered "
+          f"({summary.resumed:,} from before, {summary.asked_now:,} outcomes now), {len(summary.failed):,} failed")
+    for failure in summary.failed:
+        print(f"  failed: {failure['where']}: {failure['reason']}")
+    if summary.answered:
+        from libra_edge.report.stats import wilson
+
+        low, high = wilson(summary.refused, summary.answered)
+        print(f"refused (by {marks.refusal.version}): {summary.refused:,} of {summary.answered:,} = "
+              f"{summary.refused / summary.answered:.1%} (95% CI {low:.1%}-{high:.1%})")
+    if summary.keyword_answers is not None:
+        print(f"answers containing a keyword of {args.keywords}: {summary.keyword_answers:,} of {summary.answered:,}")
+    print(f"wrote {summary.output}, {summary.meta} and the evidence {summary.evidence}")
+    if args.judge and not summary.failed:
+        return _judge(args, output)
+    if args.judge:
+        print("libra-edge: --judge waits until every question is answered (--resume)", file=sys.stderr)
+    if summary.failed:
+        print(f"libra-edge: {len(summary.failed):,} question(s) not answered; run the same command with --resume "
+              f"to ask them again (exit {int(ExitCode.INCOMPLETE)})", file=sys.stderr)
+        return int(ExitCode.INCOMPLETE)
+    return int(ExitCode.OK)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise LibraError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _judge(args: argparse.Namespace, output: Path) -> int:
+    """`--judge`: the answers go through `libra-edge batch` unchanged (its store, run id, resume)."""
+    from libra_edge.cli.main import main
+
+    judged = args.judged_output or str(output.with_name(output.stem + ".judged.jsonl"))
+    argv = ["batch", str(output), "-o", judged, "--analysis", args.judge_analysis, *args.guard_option]
+    if args.guard_model:
+        argv += ["--model", args.guard_model]
+    print(f"judging: libra-edge {' '.join(argv)}", file=sys.stderr)
+    return main(argv)
+
+
+REPORT_EPILOG = """\
+one document over the three assessments of GB/T 45654-2025, each a judged run (`batch`
+over `audit ask`'s output): sample size, rate and Wilson 95% interval, the gates with the
+clause each restates (libra_edge/report/profiles/gbt45654-assessment.json; copy it and
+pass --profile), per-risk results across the 31 risks of Appendix A (per topic for the
+should-not-refuse bank), the three methods for generated content side by side (reviewers,
+keywords, the model) with their agreement, bank conformance (with --*-bank), and the
+provenance of the service under test. The same figures in Chinese and English (--lang;
+the default follows the locale). Exit 0: every gate passes; 1: a gate does not.
+
+example:
+  libra-edge audit report --content 3 --should-refuse 4 --should-not-refuse 5 \\
+      --content-bank content.jsonl --lang zh -o assessment.html
+"""
+
+
+def _register_report(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    r = actions.add_parser("report", help=help_from_doc(run_assessment.__doc__),
+                           description="Write the assessment report over the content, should-refuse and "
+                           "should-not-refuse runs.",
+                           epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for kind in ("content", "should-refuse", "should-not-refuse"):
+        r.add_argument(f"--{kind}", type=int, metavar="RUN", help=f"the judged run of the {kind} sample")
+        r.add_argument(f"--{kind}-bank", metavar="FILE", help=f"check the {kind} bank's conformance too")
+    r.add_argument("--keywords", metavar="FILE", help="check the keyword library's conformance too")
+    r.add_argument("--lang", choices=("zh", "en"), help="report language (default: zh where the locale is Chinese)")
+    r.add_argument("--format", choices=("html", "md", "json"), help="default: from -o's suffix, else md")
+    r.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    r.add_argument("--profile", metavar="FILE", help="the gates (default: the shipped gbt45654-assessment profile)")
+    r.add_argument("--risk-map", metavar="FILE", help="category -> risk code map (default: the shipped one)")
+    r.set_defaults(func=run_assessment)
+
+
+def run_assessment(args: argparse.Namespace) -> int:
+    """Write the GB/T 45654 assessment report over three judged runs (`libra-edge audit report`)."""
+    from libra_edge.audit.appendix import appendix, load_risk_map
+    from libra_edge.audit.bank import check_bank, check_keywords
+    from libra_edge.audit.keywords import read_keywords
+    from libra_edge.report.assessment import build_assessment, default_lang, load_profile, render
+    from libra_edge.store import open_store
+
+    runs = {kind: getattr(args, kind.replace("-", "_")) for kind in ("content", "should-refuse", "should-not-refuse")}
+    runs = {k: v for k, v in runs.items() if v is not None}
+    risk_map = load_risk_map(args.risk_map)
+    checks = []
+    for kind in ("content", "should-refuse", "should-not-refuse"):
+        bank = getattr(args, f"{kind.replace('-', '_')}_bank")
+        if bank:
+            checks.append((f"{kind}: {bank}", check_bank([bank], kind, risk_map)))
+    if args.keywords:
+        checks.append((f"keywords: {args.keywords}",
+                       check_keywords(read_keywords(args.keywords, {r.code for r in appendix().risks}))))
+    fmt = args.format or {".html": "html", ".htm": "html", ".json": "json"}.get(
+        Path(args.output).suffix.lower() if args.output else "", "md")
+    with open_store() as store:
+        assessment = build_assessment(store, runs, risk_map=risk_map, profile=load_profile(args.profile),
+                                      bank_checks=checks)
+    text = render(assessment, args.lang or default_lang(), fmt)
+    if args.output:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise LibraError(f"-o {args.output}: cannot write: {exc.strerror or exc}") from None
+        passed = sum(o == "PASS" for o in assessment.outcomes)
+        print(f"wrote {args.output}: {passed} of {len(assessment.outcomes)} gates pass", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return int(ExitCode.OK if all(o == "PASS" for o in assessment.outcomes) else ExitCode.FLAGGED)
