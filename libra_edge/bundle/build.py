@@ -216,8 +216,16 @@ def build_bundle(
     (stage / "wheels").mkdir(parents=True)
     try:
         log(f"==> building the libra-edge {__version__} wheel from {root}")
-        _pip(["wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(stage / "wheels"), str(root)],
+        # From a copy of the sources: setuptools keeps a `build/` folder in the tree it
+        # builds, and a file deleted since an earlier build would stay in the wheel.
+        source = stage / ".source"
+        for part in ("libra_edge", "convert"):
+            shutil.copytree(root / part, source / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for part in ("pyproject.toml", "README.md"):
+            shutil.copy2(root / part, source / part)
+        _pip(["wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(stage / "wheels"), str(source)],
              "building the libra-edge wheel")
+        shutil.rmtree(source)
         own = next((stage / "wheels").glob("libra_edge-*.whl"))
         shutil.copy2(llama_wheel, stage / "wheels" / llama_wheel.name)
         requirement = f"{own}{'[' + ','.join(extras) + ']' if extras else ''}"

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"bundle: {result.folder} ({human_size(result.size)}, {len(result.wheels)} wheels"
           + (f", models {', '.join(result.models)}" if result.models else "") + ")")
-    print(f"  CPU kernels carried: {', '.join(result.cpu_variants)} (the best for each CPU is chosen when it loads)")
+    print(f"  CPU kernels carried: {', '.join(result.cpu_variants)} (the best for each CPU is chosen when it loads; never sapphirerapids, the AMX one)")
     if result.archive is not None:
         print(f"archive: {result.archive} ({human_size(result.archive.stat().st_size)})")
     print(f"offline: {result.folder.name}/install-offline.sh --prefix ~/libra-edge")

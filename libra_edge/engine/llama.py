@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from libra_edge.errors import ExitCode, LibraError
+
 PINNED_VERSION = "0.3.36"
 # Tokens per micro-batch. Part of the canonical evaluation shape: llama.cpp's CPU kernels
 # give bit-identical results for the same shapes only, so this never varies.
@@ -48,9 +50,133 @@ def lib() -> ModuleType:
         import llama_cpp
 
         _lib = llama_cpp
-        set_logging(_verbose)
+        set_logging(_verbose)  # before the backends load: they log as they do
+        try:
+            _load_backends(Path(llama_cpp.__file__).parent / "lib")
+        except BaseException:
+            _lib = None
+            raise
         llama_cpp.llama_backend_init()
     return _lib
+
+
+# ------------------------------------------------------------------- CPU backends
+# A portable build (`install.sh`'s default: GGML_BACKEND_DL with GGML_CPU_ALL_VARIANTS)
+# has no CPU kernels linked in: one `libggml-cpu-<level>.so` per x86-64 level sits beside
+# llama.cpp, and one must be loaded before a model. llama-cpp-python 0.3.36 does not do it:
+# `llama_backend_init` looks beside the Python executable and in the current folder only.
+# So the seam picks the variant itself, by each one's own `ggml_backend_score` (which reads
+# CPUID and is built without the variant's instruction set), never the AMX one.
+CPU_VARIANT_ENV = "LIBRA_EDGE_CPU_VARIANT"
+# llama.cpp's AMX kernels segfault on Q4_K models on some Sapphire Rapids machines
+# (upstream llama.cpp issue 20824): the variant that enables them is never chosen.
+EXCLUDED_CPU_VARIANTS = ("sapphirerapids",)
+_CPU_PREFIX = "libggml-cpu-"
+_cpu_variant: str | None = None  # the variant loaded, or None when the CPU kernels are built in
+_cpu_variants: tuple[str, ...] = ()
+_forced_handles: list[ctypes.CDLL] = []  # kept open: llama.cpp runs their code
+
+
+class BackendError(LibraError):
+    """No usable CPU kernels (a portable build whose variants are missing, or a bad override)."""
+
+    exit_code = ExitCode.MODEL
+
+
+def _load_backends(lib_dir: Path) -> None:
+    """Load the best CPU variant (and any GPU backend module) of a portable build."""
+    global _cpu_variant, _cpu_variants
+    suffix = ".dll" if sys.platform == "win32" else ".so"
+    variants = {p.name[len(_CPU_PREFIX):-len(suffix)]: p for p in sorted(lib_dir.glob(f"{_CPU_PREFIX}*{suffix}"))}
+    if not variants:
+        return  # CPU kernels linked into libggml (an `install.sh --native` or stock build)
+    _cpu_variants = tuple(sorted(variants))
+    # The libggml that libllama is linked with, by its soname. A wheel holds no symlinks:
+    # `libggml.so` (which `llama_cpp._ggml` opens) and `libggml.so.0` are two copies, each
+    # with a backend registry of its own, and llama.cpp reads the second.
+    soname = lib_dir / f"libggml{suffix}.0"
+    ggml = ctypes.CDLL(os.fspath(soname if soname.is_file() else lib_dir / f"libggml{suffix}"))
+    ggml.ggml_backend_load.restype = ctypes.c_void_p
+    ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
+    forced = os.environ.get(CPU_VARIANT_ENV, "").strip()
+    if forced:
+        if forced not in variants:
+            raise BackendError(f"{CPU_VARIANT_ENV}={forced}: no such CPU variant in this build "
+                               f"(it has {', '.join(_cpu_variants)})")
+        chosen = forced
+    else:
+        chosen = _best_cpu_variant({n: p for n, p in variants.items() if n not in EXCLUDED_CPU_VARIANTS})
+    if forced:
+        # Registered as given, without llama.cpp's check that this CPU can run it (which
+        # refuses such a variant): what a build for another CPU does. An instruction this
+        # CPU lacks then stops the process (SIGILL); tests/test_bundle.py relies on it.
+        _forced_handles.append(handle := ctypes.CDLL(os.fspath(variants[chosen])))
+        handle.ggml_backend_init.restype = ctypes.c_void_p
+        ggml.ggml_backend_register.argtypes = [ctypes.c_void_p]
+        reg = handle.ggml_backend_init()
+        if not reg:
+            raise BackendError(f"llama.cpp could not start its CPU kernels ({variants[chosen].name})")
+        ggml.ggml_backend_register(reg)
+    elif not ggml.ggml_backend_load(os.fsencode(variants[chosen])):
+        raise BackendError(f"llama.cpp could not load its CPU kernels ({variants[chosen].name})")
+    _cpu_variant = chosen
+    for module in sorted(lib_dir.glob(f"libggml-*{suffix}")):
+        name = module.name[len("libggml-"):-len(suffix)]
+        if name != "base" and not module.name.startswith(_CPU_PREFIX):
+            ggml.ggml_backend_load(os.fsencode(module))  # a GPU backend module (CUDA, Vulkan...)
+
+
+def _best_cpu_variant(variants: dict[str, Path]) -> str:
+    """The variant whose `ggml_backend_score` is highest on this CPU (0 = cannot run here)."""
+    import _ctypes
+
+    best, best_score = None, 0
+    for name, path in variants.items():
+        handle = ctypes.CDLL(os.fspath(path))
+        try:
+            score_fn = handle.ggml_backend_score
+            score_fn.restype = ctypes.c_int
+            score = int(score_fn())
+        except AttributeError:
+            score = 0
+        finally:
+            dlclose = getattr(_ctypes, "dlclose", None)
+            if dlclose is not None:
+                dlclose(handle._handle)
+        if score > best_score:
+            best, best_score = name, score
+    if best is None:
+        raise BackendError("none of this build's CPU variants runs on this CPU "
+                           f"({', '.join(sorted(variants))})")
+    return best
+
+
+def cpu_variant() -> str | None:
+    """The CPU kernel variant loaded (e.g. "haswell"), or None when they are built in."""
+    lib()
+    return _cpu_variant
+
+
+def cpu_variants() -> tuple[str, ...]:
+    """Every CPU kernel variant this build carries (empty when the kernels are built in)."""
+    lib()
+    return _cpu_variants
+
+
+def foreign_process_env() -> dict[str, str]:
+    """Environment for another program on this llama-cpp-python (e.g. `python -m llama_cpp.server`).
+
+    Such a program calls `llama_backend_init` itself, which finds no CPU kernels in a
+    portable build; `GGML_BACKEND_PATH` names the variant this process chose, which
+    llama.cpp then loads. Empty when the kernels are built in.
+    """
+    import llama_cpp
+
+    variant = cpu_variant()
+    if variant is None:
+        return {}
+    path = Path(llama_cpp.__file__).parent / "lib" / f"{_CPU_PREFIX}{variant}.so"
+    return {"GGML_BACKEND_PATH": os.fspath(path)}
 
 
 def on_compute_thread(fn: Callable[[], T]) -> T:
