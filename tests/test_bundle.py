@@ -274,3 +274,25 @@ def test_the_llama_cpp_python_pin_is_written_alike_everywhere() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     assert f'LLAMA_CPP_VERSION="{PINNED_VERSION}"' in install_sh
     assert f'"llama-cpp-python=={PINNED_VERSION}"' in pyproject
+
+
+def test_the_dev_install_names_the_system_packages_it_cannot_install(tmp_path: Path) -> None:
+    # Was: the README's test command failed three browser tests on a fresh machine, saying nothing.
+    script = (ROOT / "install.sh").read_text(encoding="utf-8")
+    start = script.index("dev_system_packages() {")
+    function = script[start:script.index("\n}\n", start) + 3]
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name in ("id", "bash"):  # no qemu-x86_64, no ip, no apt-get on this PATH
+        found = shutil.which(name)
+        assert found is not None
+        (tools / name).symlink_to(found)
+    # Not root: in a user namespace without a mapping, id -u is the overflow uid.
+    unshare = shutil.which("unshare")
+    assert unshare is not None
+    done = run([unshare, "-U", str(tools / "bash"), "-c", f"{function}\ndev_system_packages"],
+               env={"PATH": str(tools)})
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("install.sh: the tests need these system packages: ")
+    assert "qemu-user" in lines[0] and "iproute2" in lines[0] and "apt-get install" in lines[0]

@@ -40,3 +40,19 @@ def test_the_exit_status_follows_the_smoke_verdicts(
     assert smoke["ran"], result.stderr
     passed = all(r["parsed"] and r["label"] == r["expected"] for r in smoke["results"])
     assert result.returncode == (ExitCode.OK if passed else ExitCode.MODEL)
+
+
+def test_the_last_line_says_whether_the_smoke_test_passed(
+    cli: list[str], cli_env: dict[str, str], tiny_qwen_gguf: Path,
+) -> None:
+    # Was: exit 3 with no closing word; the reader had to compare the rows themselves.
+    cannot = doctor(cli, cli_env)
+    assert cannot.stdout.strip().splitlines()[-1] == "smoke test FAILED: it could not run (exit 3; --no-smoke skips it)"
+    ran = doctor(cli, cli_env, "--model", str(tiny_qwen_gguf))
+    rows = [line for line in ran.stdout.splitlines() if line.startswith("  expected ")]
+    wrong = sum(1 for row in rows if row.split()[1] != row.split()[3] or "UNPARSABLE" in row)
+    last = ran.stdout.strip().splitlines()[-1]
+    if ran.returncode == ExitCode.MODEL:
+        assert last.startswith(f"smoke test FAILED: {wrong} of {len(rows)} built-in pairs judged wrongly")
+    else:
+        assert ran.returncode == ExitCode.OK and wrong == 0 and last == "smoke test passed"

@@ -9,8 +9,9 @@ Names are imported from their modules on first use: `libra_edge.batch.transcript
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from libra_edge.lazy import module_getattr
 
 if TYPE_CHECKING:
     from libra_edge.batch.fields import FieldMap
@@ -102,11 +103,5 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """`from libra_edge.batch import BatchJob` imports the module that defines it, on first use."""
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+# `from libra_edge.batch import BatchJob` imports the module that defines it, on first use.
+__getattr__ = module_getattr(__name__, _WHERE)

@@ -24,11 +24,13 @@ Common tasks:
   libra-edge report 3                        audit report of run 3 (HTML, gates)
   libra-edge models list                     installed models (pull, import, verify)
   libra-edge serve -m guard.gguf             HTTP moderation service on 127.0.0.1:8080
+  ./install.sh --bundle OUT                  everything an air-gapped machine needs (bundle)
   libra-edge                                 open the terminal UI
 
-Exit codes: 0 ok/safe, 1 unsafe (check), 2 usage, 3 model, 4 input, 5 network,
-6 conversion, 7 incomplete batch (records skipped or failed), 8 disk full,
-70 internal error, 130 interrupted.
+Exit codes: 0 ok/safe, 1 unsafe (check) or a rule/gate failed (audit bank/report),
+2 usage, 3 model, 4 input, 5 network (pull; the service under test for audit ask),
+6 conversion, 7 incomplete (batch: records skipped or failed; audit ask: questions
+unanswered), 8 disk full, 70 internal error, 130 interrupted.
 """
 
 

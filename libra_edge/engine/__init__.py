@@ -7,8 +7,9 @@ command that only registers its options (every command, at each start) pays noth
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from libra_edge.lazy import module_getattr
 
 if TYPE_CHECKING:
     from libra_edge.engine.guard import Guard, Timings, Verdict
@@ -19,11 +20,5 @@ _WHERE = {"Guard": "guard", "Timings": "guard", "Verdict": "guard", "EngineSetti
 __all__ = ["EngineSettings", "Guard", "Timings", "Verdict"]
 
 
-def __getattr__(name: str) -> Any:
-    """`from libra_edge.engine import Guard` imports the module that defines it, on first use."""
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+# `from libra_edge.engine import Guard` imports the module that defines it, on first use.
+__getattr__ = module_getattr(__name__, _WHERE)
