@@ -204,8 +204,8 @@ def build_bundle(
     if unknown:
         raise BundleError(f"--with {','.join(unknown)}: unknown extra (known: {', '.join(EXTRAS)})")
     out = Path(out).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise BundleError(f"{out} exists and is not empty", hint="choose a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BundleError(f"{out} exists and is not an empty folder", hint="choose a new folder")
     root = source_tree()
     dirs = [*map(Path, wheelhouse), *wheelhouse_dirs(root)]
     llama_wheel, variants = portable_llama_wheel(dirs)

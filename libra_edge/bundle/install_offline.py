@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(prefix, ignore_errors=True)
             print(f"install-offline: removed {prefix}", file=sys.stderr)
         return EXIT_FAILED
-    doctor_status = None if args.no_doctor else run_doctor(prefix, smoke=bool(models))
+    doctor_status = None if args.no_doctor else run_doctor(prefix, models[0] if models else None)
     exe = prefix / "bin" / "libra-edge"
     print(f"==> installed libra-edge {bundle['libra_edge']} into {prefix} "
           f"({len(bundle['wheels'])} wheels from the bundle, no network)")
@@ -211,11 +211,12 @@ def import_models(root: Path, bundle: dict, prefix: Path) -> list[str]:  # type:
     return names
 
 
-def run_doctor(prefix: Path, *, smoke: bool) -> int:
-    """`libra-edge doctor` (its smoke test when a model was imported); its exit status."""
-    print("==> libra-edge doctor" + ("" if smoke else " --no-smoke (no model in the bundle)"))
+def run_doctor(prefix: Path, model: str | None) -> int:
+    """`libra-edge doctor`, its smoke test on the first bundled model (if any); its exit status."""
+    args = ["--model", model] if model else ["--no-smoke"]
+    print(f"==> libra-edge doctor {' '.join(args)}" + ("" if model else " (no model in the bundle)"))
     exe = str(prefix / "bin" / "libra-edge")
-    return subprocess.run([exe, "doctor", *([] if smoke else ["--no-smoke"])]).returncode
+    return subprocess.run([exe, "doctor", *args]).returncode
 
 
 if __name__ == "__main__":
