@@ -244,8 +244,9 @@ def test_doctor_names_the_kernels_chosen_at_run_time(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------- a clone needs nothing beside it
 def test_no_test_reads_outside_the_repository() -> None:
-    offenders = [p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").rglob("*.py")
-                 if "../shared" in p.read_text(encoding="utf-8") or "ROOT.parent /" in p.read_text(encoding="utf-8")]
+    # (This file names the patterns, so it is not searched.)
+    offenders = [p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").rglob("*.py") if p != Path(__file__)
+                 and ("../shared" in p.read_text(encoding="utf-8") or "ROOT.parent /" in p.read_text(encoding="utf-8"))]
     assert offenders == []
 
 

@@ -25,7 +25,7 @@ from libra_edge.batch import BatchJob, BatchOptions, read_inputs  # noqa: E402
 from libra_edge.store import open_store  # noqa: E402
 
 DEFAULT_MODEL = ROOT / ".bench" / "qwen2.5-3b-random-q4_k_m.gguf"
-SAMPLE = ROOT.parent / "shared" / "libra" / "sample_libra_test.json"
+SAMPLE = ROOT / "tests" / "data" / "libra" / "sample_libra_test.json"
 
 
 def libra_style_items(n: int, seed: int = 0) -> list[dict[str, str]]:

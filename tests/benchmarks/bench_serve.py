@@ -30,7 +30,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = ROOT / ".bench" / "qwen2.5-3b-random-q4_k_m.gguf"
-SAMPLE = ROOT.parent / "shared" / "libra" / "sample_libra_test.json"
+SAMPLE = ROOT / "tests" / "data" / "libra" / "sample_libra_test.json"
 
 
 def libra_style_pairs(n: int) -> list[tuple[str, str]]:
