@@ -26,6 +26,7 @@ from pathlib import Path
 from libra_edge import __version__
 from libra_edge.bundle import install_offline
 from libra_edge.errors import ExitCode, LibraError
+from libra_edge.models.manifest import now_iso
 
 LLAMA_DIST = "llama_cpp_python"
 # The one target this project can build a portable llama.cpp for (see README, "Windows and macOS").
@@ -177,11 +178,6 @@ def _pip(args: list[str], what: str) -> None:
         raise BundleError(f"{what} failed: {last[-1] if last else f'pip exited {proc.returncode}'}")
 
 
-def sha256_file(path: Path) -> str:
-    """A file's sha256 (1 MiB blocks)."""
-    return install_offline.sha256_file(path)
-
-
 def build_bundle(
     out: Path,
     *,
@@ -259,7 +255,7 @@ def build_bundle(
             "pip_wheel": pip_wheel,
             "wheels": [n for n in wheels if n != pip_wheel],
             "models": bundled_models,
-            "created": _now(),
+            "created": now_iso(),
         }
         (stage / install_offline.DESCRIPTION).write_text(json.dumps(description, indent=2, ensure_ascii=False) + "\n",
                                                           encoding="utf-8")
@@ -280,12 +276,6 @@ def build_bundle(
     tarball = _archive(out) if archive else None
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return BundleResult(out, tarball, wheels, [m["name"] for m in bundled_models], size, variants)
-
-
-def _now() -> str:
-    from libra_edge.models.manifest import now_iso
-
-    return now_iso()
 
 
 def _resolve_model(spec: str) -> tuple[str, Path, Path | None]:
@@ -334,7 +324,7 @@ def _write_manifest(root: Path) -> None:
     lines = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
-        lines.append(f"{sha256_file(path)}  {path.stat().st_size}  {rel}")
+        lines.append(f"{install_offline.sha256_file(path)}  {path.stat().st_size}  {rel}")
     (root / install_offline.MANIFEST).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
