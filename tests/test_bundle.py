@@ -298,3 +298,25 @@ def test_the_dev_install_names_the_system_packages_it_cannot_install(tmp_path: P
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("install.sh: the tests need these system packages: ")
     assert "qemu-user" in lines[0] and "iproute2" in lines[0] and "apt-get install" in lines[0]
+
+
+def test_an_installed_model_travels_with_its_manifest(tmp_path: Path, tiny_qwen_q8_gguf: Path) -> None:
+    env = dict(os.environ, LIBRA_EDGE_HOME=str(tmp_path / "home"))
+    imported = run([*CLI, "models", "import", str(tiny_qwen_q8_gguf), "--name", "guard"], env=env)
+    assert imported.returncode == 0, imported.stderr
+    done = build(tmp_path / "le", "--model", "guard", home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    carried = json.loads((tmp_path / "le" / "models" / "guard.manifest.json").read_text(encoding="utf-8"))
+    installed = json.loads((tmp_path / "home" / "models" / "guard.manifest.json").read_text(encoding="utf-8"))
+    assert carried == installed and carried["sha256"] == install_offline.sha256_file(tmp_path / "le" / "models" / "guard.gguf")
+    assert json.loads((tmp_path / "le" / "BUNDLE.json").read_text(encoding="utf-8"))["models"][0]["name"] == "guard"
+
+
+def test_a_missing_parent_folder_is_refused_unless_mkdir(tmp_path: Path) -> None:
+    # The rule of batch -o and models export: a drive that is not mounted is not a new folder.
+    done = build(tmp_path / "usb" / "le", home=tmp_path / "h")
+    assert done.returncode == 4 and not (tmp_path / "usb").exists()
+    assert "no such folder" in done.stderr and "--mkdir" in done.stderr
+    made = build(tmp_path / "usb" / "le", "--mkdir", home=tmp_path / "h")
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "usb" / "le" / "MANIFEST").is_file()

@@ -278,43 +278,49 @@ def build_bundle(
     return BundleResult(out, tarball, wheels, [m["name"] for m in bundled_models], size, variants)
 
 
-def _resolve_model(spec: str) -> tuple[str, Path, Path | None]:
-    """(name, GGUF path, its manifest or None) of an installed name or a GGUF file."""
+def _resolve_model(spec: str) -> tuple[str, Path, bool]:
+    """(name, GGUF path, installed?) of an installed model name or a GGUF file."""
     from libra_edge.models import registry
-    from libra_edge.models.manifest import manifest_path_for
+    from libra_edge.models.manifest import load_manifest, manifest_path_for
 
     path = Path(spec).expanduser()
     if path.is_file():
-        manifest = manifest_path_for(path)
-        return registry.name_from_file(path), path, manifest if manifest.is_file() else None
+        carried = manifest_path_for(path)  # an export's manifest names the model
+        name = load_manifest(carried).name if carried.is_file() else registry.name_from_file(path)
+        return name, path, False
     model = registry.find_model(spec)
     if model is None:
         raise BundleError(f"--model {spec}: no such file and no installed model of that name",
                           hint="see libra-edge models list")
-    return model.name, model.path, model.manifest_path
+    return model.name, model.path, True
 
 
-def _copy_models(models: list[tuple[str, Path, Path | None]], dest: Path, log: Callable[[str], None]) -> list[dict[str, str]]:
-    """Copy each GGUF with its manifest (made here when the file has none) into DEST."""
+def _copy_models(models: list[tuple[str, Path, bool]], dest: Path, log: Callable[[str], None]) -> list[dict[str, str]]:
+    """Each model into DEST with its manifest, as `models export` writes them (made here for a bare file)."""
     from libra_edge.models import registry
     from libra_edge.models.ggufinfo import read_model_info
     from libra_edge.models.manifest import copy_with_sha256, load_manifest, manifest_path_for, write_manifest
 
     out = []
-    for name, path, manifest_file in models:
+    for name, path, installed in models:
         dest.mkdir(parents=True, exist_ok=True)
-        target = dest / f"{name}.gguf"
         log(f"==> adding model {name} ({path.stat().st_size / 1e6:,.0f} MB)")
-        sha = copy_with_sha256(path, target)
-        if manifest_file is not None:
-            manifest = load_manifest(manifest_file)
-            if manifest.sha256 != sha:
-                raise BundleError(f"{path}: sha256 differs from its manifest ({manifest_file.name}): not bundled",
-                                  hint="libra-edge models verify")
+        if installed:  # checked against its manifest as it is copied
+            target = registry.export_model(name, dest)
+            sha = load_manifest(manifest_path_for(target)).sha256
         else:
-            manifest = registry.new_manifest(name, read_model_info(target), sha, origin="bundle",
-                                             imported_from=str(path.resolve()))
-        write_manifest(manifest, manifest_path_for(target))
+            target = dest / f"{name}.gguf"
+            sha = copy_with_sha256(path, target)
+            carried = manifest_path_for(path)
+            if carried.is_file():
+                manifest = load_manifest(carried)
+                if manifest.sha256 != sha:
+                    raise BundleError(f"{path}: sha256 differs from its manifest ({carried.name}): not bundled",
+                                      hint="copy the file again from its export")
+            else:
+                manifest = registry.new_manifest(name, read_model_info(target), sha, origin="bundle",
+                                                 imported_from=str(path.resolve()))
+            write_manifest(manifest, manifest_path_for(target))
         out.append({"name": name, "file": f"models/{target.name}", "sha256": sha})
     return out
 

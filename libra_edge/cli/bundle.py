@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from libra_edge.cli.common import add_verbose_option, help_from_doc
+from libra_edge.cli.common import add_verbose_option, destination_folder, help_from_doc
 from libra_edge.units import human_size
 
 EPILOG = """\
@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--offline", action="store_true",
                    help="never contact the package index: every wheel must be in .wheels/ or --wheelhouse")
     p.add_argument("--archive", action="store_true", help="also write OUT.tar.gz")
+    p.add_argument("--mkdir", action="store_true",
+                   help="create OUT's parent folder if missing (else a missing one, e.g. a drive "
+                   "that is not mounted, is an error)")
     add_verbose_option(p)
     p.set_defaults(func=run)
 
@@ -65,9 +68,12 @@ def run(args: argparse.Namespace) -> int:
                           "linux-x86_64 only", hint="see README, 'Windows and macOS'")
     if args.python and not _is_version(args.python):
         raise BundleError(f"--python {args.python}: expected a version such as 3.11")
+    out = Path(args.out).expanduser()
+    # The rule of batch -o and models export: never a new folder in place of a missing drive.
+    destination_folder(out.parent, mkdir=args.mkdir, name=args.out, missing=f" to hold it ({out.parent})")
     extras = [e.strip() for e in args.extras.split(",") if e.strip()]
     result = build_bundle(
-        Path(args.out), extras=extras, models=args.model, python=args.python,
+        out, extras=extras, models=args.model, python=args.python,
         wheelhouse=[Path(w) for w in args.wheelhouse], offline=args.offline, archive=args.archive,
         log=lambda line: print(line, file=sys.stderr),
     )
