@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -12,6 +11,7 @@ import gguf
 import numpy as np
 
 from .safetensors_reader import TensorRef
+from libra_edge.engine.threads import usable_cpus
 from libra_edge.errors import ConversionError
 
 # Output types written directly (everything else goes through llama.cpp's quantizer).
@@ -33,11 +33,8 @@ BLOCK_BYTES = 32 * 1024 * 1024
 
 
 def default_threads() -> int:
-    """CPU threads available to this process."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS
-        return max(1, os.cpu_count() or 1)
+    """CPU threads for converting and quantizing: every logical CPU usable (the thread policy's)."""
+    return usable_cpus()
 
 
 CONVERT_THREADS = min(4, default_threads())

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from libra_edge.errors import ConversionError
-from libra_edge.engine.prompt import SAFE, UNSAFE, build_user_message
+from libra_edge.engine.prompt import build_user_message
+from libra_edge.verdicts import DEFAULT_THRESHOLD, SAFE, UNSAFE, label_at
 
 # The assistant text before the verdict, in the layout the prompt's format example shows
 # (the engine drafts the same opening); the next token's distribution decides the label.
@@ -150,7 +151,7 @@ def verify(
     gguf_path: Path,
     *,
     pairs: Sequence[tuple[str, str]] = DEFAULT_PAIRS,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     threads: int | None = None,
     n_ctx: int = 2048,
     verbose: bool = False,
@@ -194,7 +195,7 @@ def verify(
             top1_source=int(np.argmax(ref)), top1_gguf=int(np.argmax(got)),
             kl=max(0.0, kl) if math.isfinite(kl) else float("inf"),
             p_unsafe_source=pu_s, p_unsafe_gguf=pu_g,
-            verdict_source=UNSAFE if pu_s >= threshold else SAFE,
-            verdict_gguf=UNSAFE if pu_g >= threshold else SAFE,
+            verdict_source=label_at(pu_s, threshold),
+            verdict_gguf=label_at(pu_g, threshold),
         ))
     return report

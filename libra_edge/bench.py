@@ -30,6 +30,7 @@ class BenchReport:
     model: str
     quant: str
     threads: int
+    threads_why: str  # the count, why, and how llama.cpp's threads wait (one line)
     load_s: float
     prefill_tok_s: float
     decode_tok_s: float
@@ -82,6 +83,7 @@ def run_bench(
     """Measure the engine, then llama-cpp-python's own `Llama` on the same prompt tokens."""
     from libra_edge.engine import Guard
     from libra_edge.engine import llama as llama_seam
+    from libra_edge.engine import threads as policy
 
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
@@ -131,6 +133,7 @@ def run_bench(
         model=str(path),
         quant=guard.info.quant,
         threads=threads,
+        threads_why=f"{policy.choose_threads(options.get('threads')).line()}; {policy.wait_policy()}",
         load_s=load_s,
         prefill_tok_s=prefill_tok_s,
         decode_tok_s=decode_tok_s,

@@ -32,11 +32,14 @@ class BuildReport:
     cpu_variant: str | None = None  # the CPU kernels loaded at run time (a portable build)
     cpu_variants: list[str] = field(default_factory=list)  # every variant the build carries
     warnings: list[str] = field(default_factory=list)
+    threads: int = 0  # llama.cpp's CPU threads for a model loaded with these options
+    threads_why: str = ""  # the count and why, then how the threads wait (one line)
 
 
-def build_report() -> BuildReport:
-    """Inspect llama.cpp (loads its shared library) and the CPU."""
+def build_report(threads: int | None = None) -> BuildReport:
+    """Inspect llama.cpp (loads its shared library) and the CPU; `threads`: as asked (--threads)."""
     from .engine import llama as llama_seam
+    from .engine import threads as policy
 
     info = llama_seam.system_info()
     cpu_model, flags = _cpu()
@@ -60,6 +63,8 @@ def build_report() -> BuildReport:
         cpu_variant=llama_seam.cpu_variant(),
         cpu_variants=list(llama_seam.cpu_variants()),
         warnings=warnings,
+        threads=(choice := policy.choose_threads(threads)).threads,
+        threads_why=f"{choice.line()}; {policy.wait_policy()}",
     )
 
 
@@ -114,6 +119,20 @@ class ModelReport:
     quant: str
     chat_template: str  # "gguf" (the file's own template) or "fallback" (Qwen2.5 ChatML)
     label_tokens: dict[str, list[tuple[int, str]]]  # label -> (token id, its text) that can begin it
+    # How it was quantized with an importance matrix (calibration set, its sha256), as the
+    # GGUF records it; None when it was not (or is not quantized).
+    imatrix: str | None = None
+    imatrix_calibration_sha256: str | None = None
+
+
+def imatrix_line(quant: str, imatrix: str | None) -> str:
+    """doctor's line about the importance matrix the model was quantized with."""
+    if imatrix:
+        return f"quantized with an importance matrix from {imatrix}"
+    if quant.upper() in ("F32", "F16", "BF16"):
+        return "not quantized (no importance matrix applies)"
+    return ("quantized without an importance matrix (convert --imatrix auto, or models pull, "
+            "makes one from the shipped Libra calibration set)")
 
 
 def model_report(guard: Any) -> ModelReport:
@@ -128,6 +147,8 @@ def model_report(guard: Any) -> ModelReport:
         quant=info.quant,
         chat_template=guard.chat_template_source,
         label_tokens=labels,
+        imatrix=info.imatrix.line() if getattr(info, "imatrix", None) else None,
+        imatrix_calibration_sha256=info.imatrix.calibration_sha256 if getattr(info, "imatrix", None) else None,
     )
 
 

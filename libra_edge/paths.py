@@ -36,3 +36,8 @@ def database_path() -> Path:
 def config_path() -> Path:
     """The JSON config file (default model, preferences)."""
     return home() / "config.json"
+
+
+def state_dir() -> Path:
+    """Saved llama.cpp KV states of models' prompt headers (`engine/header_state.py`): a cache."""
+    return home() / "state"

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,7 +25,9 @@ from typing import Any
 
 import pytest
 
+from libra_edge.audit.refusal import load_rules
 from libra_edge.engine import llama as llama_seam
+from libra_edge.store import open_store
 
 MODEL_ALIAS = "smol"
 SECRET = "sk-test-secret-4f1c9a"
@@ -252,7 +255,9 @@ def test_faults_are_retried_and_every_question_ends_answered_or_failed_with_its_
     by_line = {e["line"]: e for e in journal(out)}
     for line, faults in injected.items():
         errors = [a.get("error", "") for a in by_line[line]["attempts"]]
-        assert all(e.startswith(f) for e, f in zip(errors, faults)), (line, errors)
+        # In order; a real answer slower than the timeout on a loaded machine is one more attempt.
+        rest = iter(errors)
+        assert all(any(e.startswith(f) for e in rest) for f in faults), (line, errors)
         assert by_line[line]["status"] == "answered" and by_line[line]["attempts"][-1]["status"] == 200
     assert proxy.asked.count(q[4]) == 4 and proxy.asked.count(q[5]) == 1  # 400 is not retried
     assert all(proxy.asked.count(q[i]) >= 1 + len(injected[i + 1]) for i in range(4))
@@ -314,10 +319,116 @@ def test_answers_are_marked_for_refusal_and_keywords_then_judged_by_the_guard(
     assert [r["refusal"]["refused"] for r in records] == [True, False, False]
     assert records[0]["refusal"]["rule"] == "zh-first-person-decline" and records[0]["refusal"]["phrase"] == "我不能提供"
     assert records[1]["keyword_hits"] == [{"keyword": "bomb", "risk": "A.1.8"}] and records[0]["keyword_hits"] == []
-    assert "refused (by libra-edge refusal rules v1): 1 of 3 = 33.3%" in done.stdout
+    assert f"refused (by {load_rules().version}): 1 of 3 = 33.3%" in done.stdout
     meta = json.loads((tmp_path / "answers.jsonl.meta.json").read_text(encoding="utf-8"))
     assert meta["refusal"]["refused"] == 1 and meta["keywords"]["answers_with_hits"] == 1
     rows = [json.loads(line) for line in judged.read_text(encoding="utf-8").splitlines()]
     assert [r["question"] for r in rows] == q
     assert all(r["verdict"]["label"] in ("安全", "不安全") for r in rows)
     assert [r["refusal"]["refused"] for r in rows] == [True, False, False]  # the marks travel with the answers
+
+
+def judged_rows(db: Path) -> dict[int, str]:
+    """seq -> checked_at of every judged row in the store (read while `audit ask --judge` writes it)."""
+    if not db.exists():
+        return {}
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return dict(conn.execute("SELECT seq, checked_at FROM results WHERE status = 'judged'").fetchall())
+    except sqlite3.OperationalError:  # the schema is being created
+        return {}
+    finally:
+        conn.close()
+
+
+def judge_cmd(cli: list[str], bank: Path, out: Path, url: str, model: Path, *extra: str) -> list[str]:
+    return ask_cmd(cli, bank, out, url, "--concurrency", "4", "--judge", "--guard-model", str(model),
+                   "--guard-option=--threads=1", "--guard-option=--ctx=1024", *extra)
+
+
+@pytest.mark.slow
+def test_judge_stores_each_verdict_as_its_answer_arrives_in_a_normal_batch_run(
+        tmp_path: Path, proxy: Proxy, cli: list[str], cli_env: dict[str, str], batch_model: Path) -> None:
+    from libra_edge import paths
+
+    bank, out = tmp_path / "bank.jsonl", tmp_path / "answers.jsonl"
+    questions = write_bank(bank, 40)
+    db = paths.database_path()
+    run = subprocess.Popen(judge_cmd(cli, bank, out, proxy.url, batch_model, "--judge-analysis", "none"),
+                           env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    answered_at_first_verdict = None
+    deadline = time.monotonic() + 300
+    while run.poll() is None and time.monotonic() < deadline:
+        answered = answered_lines(out)
+        if judged_rows(db):
+            answered_at_first_verdict = answered
+            break
+        time.sleep(0.02)
+    stdout, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr
+    assert answered_at_first_verdict is not None, "no verdict was stored while the run was asking"
+    assert answered_at_first_verdict < 40, "the first verdict was stored only after the last answer"
+    with open_store() as store:  # a run of the store like any other: report and the TUI read it
+        (job,) = store.runs()
+        assert job.status == "finished" and job.total == 40 and job.done == 40
+        rows = store.results(job.id)
+        assert [r.question for r in rows] == questions and all(r.label in ("安全", "不安全") for r in rows)
+        assert all(r.fields["refusal"]["rules"].startswith("libra-edge refusal rules") for r in rows)
+    judged = [json.loads(line) for line in (tmp_path / "answers.judged.jsonl").read_text("utf-8").splitlines()]
+    answers = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["question"] for r in judged] == questions
+    assert [r["response"] for r in judged] == [a["response"] for a in answers]  # the answers OUT holds
+    assert f"judged: run {job.id}: 40 of 40 questions judged (0 before, 40 now" in stdout
+    report = subprocess.run([*cli, "report", str(job.id), "--format", "md"], env=cli_env, capture_output=True,
+                            text=True, timeout=120)
+    assert report.returncode in (0, 1) and "libra-edge-integrity" in report.stdout, report.stderr
+
+
+@pytest.mark.slow
+def test_judge_killed_mid_way_resumes_without_asking_or_judging_anything_twice(
+        tmp_path: Path, proxy: Proxy, cli: list[str], cli_env: dict[str, str], batch_model: Path) -> None:
+    from libra_edge import paths
+
+    bank, out = tmp_path / "bank.jsonl", tmp_path / "answers.jsonl"
+    questions = write_bank(bank, 40)
+    db = paths.database_path()
+    # Analyses make the judge slower than the service: answers wait to be judged when the kill comes.
+    cmd = judge_cmd(cli, bank, out, proxy.url, batch_model, "--judge-analysis", "all",
+                    "--guard-option=--max-tokens=48")
+    run = subprocess.Popen(cmd, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while run.poll() is None and time.monotonic() < deadline:
+        answered, judged = answered_lines(out), len(judged_rows(db))
+        if judged >= 1 and answered - judged >= 2 and 10 <= answered < 40:
+            break
+        time.sleep(0.02)
+    os.kill(run.pid, signal.SIGKILL)
+    run.communicate()
+    assert run.returncode == -signal.SIGKILL
+    answered_before = {r["seq"] for r in journal(out) if r["status"] == "answered"}
+    judged_before = judged_rows(db)
+    assert judged_before and set(judged_before) < answered_before and len(answered_before) < 40, (
+        "the kill did not come with answers both judged and waiting")
+    with open_store() as store:
+        (job,) = store.runs()
+        assert job.status == "interrupted"  # its process is gone
+    time.sleep(1.1)  # a verdict judged again would be stored with a later time (seconds)
+    with proxy.lock:
+        proxy.asked.clear()
+    done = subprocess.run([*cmd, "--resume"], env=cli_env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert not {questions[s] for s in answered_before} & set(proxy.asked), "an answered question was asked again"
+    assert len(proxy.asked) == 40 - len(answered_before)
+    after = judged_rows(db)
+    assert set(after) == set(range(40))
+    assert {s: after[s] for s in judged_before} == judged_before, "a judged answer was judged again"
+    waiting = len(answered_before) - len(judged_before)
+    assert (f"judged: run {job.id}: 40 of 40 questions judged ({len(judged_before)} before, "
+            f"{40 - len(judged_before)} now, {waiting} of them answered before)") in done.stdout
+    with open_store() as store:
+        rows = store.results(job.id)
+        assert store.run(job.id).status == "finished" and [r.question for r in rows] == questions
+        assert all(r.analysis for r in rows)
+    answers = {json.loads(line)["question"]: json.loads(line)["response"]
+               for line in out.read_text(encoding="utf-8").splitlines()}
+    assert [r.response for r in rows] == [answers[q] for q in questions]  # each verdict is of OUT's answer

@@ -210,3 +210,33 @@ def test_a_team_profile_changes_the_gates(runs: dict[str, int], cli: list[str], 
     code, data = report(cli, cli_env, runs["content-low"], runs["refuse-pass"], runs["not-refuse-pass"],
                         "--profile", str(team))
     assert code == 0 and outcomes(data)["content"] == ["PASS", "PASS"]
+
+
+def test_reviewers_refusal_decisions_count_first_and_verify_sees_them(
+        runs: dict[str, int], cli: list[str], cli_env: dict[str, str], tmp_path: Path) -> None:
+    refuse = runs["refuse-pass"]  # 299 of 300 marked refused by the rules: PASS
+    out = tmp_path / "assessment.md"
+    args = ["--content", str(runs["content-pass"]), "--should-refuse", str(refuse),
+            "--should-not-refuse", str(runs["not-refuse-pass"])]
+    first = subprocess.run([*cli, "audit", "report", *args, "--lang", "en", "-o", str(out)], env=cli_env,
+                           capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert out.read_text(encoding="utf-8").count("libra-edge-integrity v1 run=") == 3
+    ok = subprocess.run([*cli, "audit", "report", "--verify", str(out)], env=cli_env, capture_output=True,
+                        text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.count(": OK: run ") == 3, ok.stdout + ok.stderr
+    with open_store() as store:  # a reviewer reads ten marked answers and finds they are answers
+        for row in store.results(refuse, limit=10):
+            store.set_refusal_review(row.id, False, reviewer="erin")
+    code, data = report(cli, cli_env, runs["content-pass"], refuse, runs["not-refuse-pass"])
+    assert code == 1 and outcomes(data)["should-refuse"] == ["PASS", "FAIL"]  # 289/300: bound under 95%
+    figures = data["assessments"]["should-refuse"]
+    assert (figures["k"], figures["n"]) == (289, 300)
+    assert figures["refusal_reviews"] == {"decided": 10, "changed": 10}
+    reviews = next(s for s in data["sections"] if s["title"] == "Reviewers' refusal decisions")
+    assert reviews["rows"] == [["Should-refuse assessment", "10", "10", "0"],
+                               ["Should-not-refuse assessment", "0", "0", "0"]]
+    changed = subprocess.run([*cli, "audit", "report", "--verify", str(out)], env=cli_env, capture_output=True,
+                             text=True, timeout=120)
+    assert changed.returncode == 1 and f"CHANGED: run {refuse} " in changed.stdout, changed.stdout
+    assert changed.stdout.count(": OK: run ") == 2  # the other two runs are as they were

@@ -376,14 +376,16 @@ def test_guard_like_declares_everything_the_runner_calls() -> None:
     assert callable(getattr(GuardLike, "check_many", None)) and callable(getattr(GuardLike, "check", None))
 
 
-def test_resuming_a_run_recorded_by_an_earlier_version_says_so(guard: Guard, store: Store, make_input: Make) -> None:
+def test_resuming_a_run_recorded_without_these_inputs_says_so(guard: Guard, store: Store, make_input: Make) -> None:
     batch = read_inputs([make_input("a.jsonl", [{"question": "q", "response": "r"}])])
     old = store.create_run(fingerprint="from-the-hand-listed-settings", inputs=[], model_path=str(guard.info.path),
                            model_name=guard.info.name, model_sha256=store.file_sha256(guard.info.path), quant=None,
                            settings=guard.settings.to_dict(), prompt_template_version="libra-guard-v1",
                            options={"analysis": "none"}, total=1)
     store.finish_run(old, "interrupted")
-    with pytest.raises(LibraError, match=rf"cannot resume run {old}: it was recorded by an earlier libra-edge"):
+    # (No released libra-edge identified runs otherwise: a run without the inputs' digest is
+    # one whose inputs cannot be shown to be these.)
+    with pytest.raises(LibraError, match=rf"cannot resume run {old}: the input files changed since"):
         BatchJob.open(store, guard, batch, BatchOptions(analysis="none"), resume=old)
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from libra_edge.report.metrics import evaluate, parse_verdict, pr_auc, repair_json, roc_auc
+from libra_edge.report.curves import pr_auc, pr_points, roc_auc, roc_points
+from libra_edge.report.metrics import evaluate, parse_verdict, repair_json
 
 S, U = "安全", "不安全"
 
@@ -67,6 +68,18 @@ def test_roc_auc_counts_ties_as_half() -> None:
     # (0.9,0.1) win, (0.5,0.5) tie = 1/2, (0.5,0.1) win -> 3.5 / 4 = 0.875
     assert roc_auc([True, True, False, False], [0.9, 0.5, 0.5, 0.1]) == pytest.approx(0.875)
     assert roc_auc([True, True], [0.2, 0.3]) is None
+
+
+def test_the_auc_figures_are_the_areas_of_the_charted_curves() -> None:
+    """`eval`'s AUCs and the report's two charts come from one sweep (report/curves.py)."""
+    golds = [True, False, True, True, False, False, True, False]
+    scores = [0.9, 0.8, 0.8, 0.6, 0.4, 0.4, 0.2, 0.1]
+    roc = roc_points(golds, scores)
+    trapezoids = sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in zip(roc, roc[1:]))
+    assert roc[0] == (0.0, 0.0) and roc[-1] == (1.0, 1.0) and roc_auc(golds, scores) == pytest.approx(trapezoids)
+    pr = pr_points(golds, scores)
+    steps = sum((r1 - r0) * p1 for (r0, _), (r1, p1) in zip([(0.0, 1.0), *pr], pr))
+    assert pr[-1] == (1.0, 0.5) and pr_auc(golds, scores) == pytest.approx(steps)
 
 
 def test_pr_auc_is_average_precision_over_tied_thresholds() -> None:

@@ -30,6 +30,7 @@ SHIPPED_SHA256 = {
     3: "49a4839728d3ea608cc78542a71771c295aab9692925a277f34c40f7271f3ac0",
     4: "ff76aa57caf55da3706375f3ba30069c333cdad661fec2b9fa30d5b1c8ff96f2",
     5: "52b2233b4bff7737783ab95be4d9cb428db67840752b3b5b40acafaf4071ac86",
+    6: "735c5b7b3e745e20f5c3d2a540e60165a23393bdfe81360ffac353931d69cf28",
 }
 
 # Values a column must hold to be representative (JSON columns, CHECK-constrained ones
@@ -282,3 +283,18 @@ def test_legacy_settings_map_to_the_per_sequence_context() -> None:
     assert EngineSettings.from_stored({"n_ctx": 4096, "n_ctx_seq": 1024, "parallel": 4}).ctx_per_seq == 1024
     assert EngineSettings.from_stored({"ctx_per_seq": 512, "n_ctx": 4096}).ctx_per_seq == 512
     assert EngineSettings.from_stored({"ctx_per_seq": 3000}).long == "chunk"  # a current run
+
+
+def test_an_answer_stored_before_refusal_reviews_takes_one_after_the_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "results.db"
+    conn = database_at(path, 5)
+    inserted = fill(conn)
+    conn.close()
+    result_id = int(inserted["results"][0]["rowid"])
+    with open_store(path) as store:
+        assert store.result(result_id).refusal_review is None  # no decision on rows from before
+        row = store.set_refusal_review(result_id, True, reviewer="erin")
+        assert (row.refusal_review, row.refusal_reviewer) == (True, "erin")
+        assert store.undo_refusal_review(result_id, reviewer="erin").refusal_review is None
+        assert [(e.action, e.refused) for e in store.refusal_history(result_id=result_id)] == [
+            ("decide", True), ("undo", None)]

@@ -10,7 +10,7 @@ import pytest
 
 from libra_edge.report import write_report
 from libra_edge.store import open_store
-from tests.report_browser import chromium_path, visit
+from tests.report_browser import visit
 from tests.report_runs import SAFE, UNSAFE, Spec, make_run, result_id
 
 
@@ -28,10 +28,6 @@ def report_file(tmp_path: Path) -> Path:
         run = make_run(store, specs, threshold=0.9)
         store.set_review(result_id(store, run, 9), "unsafe", "the model missed the insult")
         return write_report(store, run, tmp_path / "report.html")
-
-
-def test_chromium_is_installed() -> None:
-    assert chromium_path() is not None, "install Debian's chromium package (.ci/run does when it is missing)"
 
 
 def test_the_report_renders_offline_with_no_console_errors_and_no_requests(report_file: Path,

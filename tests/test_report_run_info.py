@@ -46,3 +46,25 @@ def test_run_info_of_an_unknown_run_is_a_one_line_error(isolated_home: Path, cli
     done = subprocess.run([*cli, "batch", "--run-info", "42"], capture_output=True, text=True, env=cli_env)
     assert done.returncode == 2
     assert "no run 42" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_runs_list_and_info_print_what_the_batch_aliases_print(isolated_home: Path, cli: list[str],
+                                                               cli_env: dict[str, str]) -> None:
+    with open_store() as store:
+        make_run(store, [Spec(0.9), Spec(0.1)], inputs=["/data/a.jsonl"])
+        run = make_run(store, [Spec(0.2)], threshold=0.3, finish=False)
+
+    def out(*argv: str) -> str:
+        done = subprocess.run([*cli, *argv], capture_output=True, text=True, env=cli_env)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    listed = out("runs", "list")
+    assert listed == out("batch", "--runs") == out("runs")  # a bare `runs` lists them too
+    assert f"{run:>4}  running" in listed and "a.jsonl" in listed
+    assert out("runs", "list", "--json") == out("batch", "--runs", "--json")
+    assert out("runs", "info", str(run)) == out("batch", "--run-info", str(run))
+    assert json.loads(out("runs", "info", str(run), "--json")) == json.loads(out("batch", "--run-info", str(run), "--json"))
+    assert json.loads(out("runs", "info", str(run), "--json"))["settings"]["threshold"] == 0.3
+    helped = out("runs", "--help")
+    assert "examples:" in helped and "batch --runs" in helped and "runs info 7" in helped

@@ -7,7 +7,6 @@ judges the same 20 pairs several ways and compares the float64 scores bit for bi
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import sqlite3
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from libra_edge.engine import Guard
+from libra_edge.engine import Guard, header_state
 
 pytestmark = pytest.mark.slow
 
@@ -118,11 +117,22 @@ def test_five_ways_give_bit_identical_scores(
            "-o", str(tmp_path / "par.jsonl"))
     ways["batch --parallel 3, with analyses"] = _scores(tmp_path / "par.jsonl")
     ways["killed and resumed"] = _resumed(cli, cli_env, model, src, tmp_path / "resumed.jsonl", isolated_home)
+    # The header-state cache: the checks above restored the state the first one saved (one
+    # file per sequence count); without it every process computes the header again.
+    assert len(list((isolated_home / "state").glob("*.bin"))) == 3  # 1, 3 and 2 sequences
+    no_cache = {**cli_env, header_state.DISABLE_ENV: "1"}
+    _batch(cli, no_cache, model, str(src), "--new-run", "--fast", "-o", str(tmp_path / "nocache.jsonl"))
+    ways["batch, header-state cache off"] = _scores(tmp_path / "nocache.jsonl")
+    _batch(cli, no_cache, model, str(src), "--new-run", "--parallel", "3", "--max-tokens", "6",
+           "-o", str(tmp_path / "nocache-par.jsonl"))
+    ways["batch --parallel 3, with analyses, header-state cache off"] = _scores(tmp_path / "nocache-par.jsonl")
 
     reference = ways["check, one process each"]
     assert set(reference) == {p["id"] for p in pairs}
     for name, got in ways.items():
-        assert got == reference, f"{name} differs from check: " + ", ".join(
+        # Compared as float64 bits (the hex of each score), not within a tolerance.
+        assert {k: (float(v[0]).hex(), v[1]) for k, v in got.items()} == {
+            k: (float(v[0]).hex(), v[1]) for k, v in reference.items()}, f"{name} differs from check: " + ", ".join(
             f"{k}: {got.get(k)} vs {v}" for k, v in reference.items() if got.get(k) != v)
 
 
@@ -179,5 +189,23 @@ def test_scores_do_not_depend_on_the_thread_count(tiny_qwen_q8_gguf: Path, refer
     assert scores[0] == scores[1]
 
 
-def test_fresh_process_environment_is_isolated(isolated_home: Path) -> None:
-    assert os.environ["LIBRA_EDGE_HOME"] == str(isolated_home)
+def test_scores_do_not_depend_on_how_the_threads_wait(
+    cli: list[str], cli_env: dict[str, str], tiny_qwen_q8_gguf: Path, reference_dir: Path, tmp_path: Path,
+) -> None:
+    # The thread policy (engine/threads.py) picks the count and libgomp's wait; neither may
+    # move a score. Each way in a fresh process: libgomp reads its policy when it loads.
+    src = _write(tmp_path / "pairs.jsonl", _pairs(reference_dir)[:8])
+    omp = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
+    base = {k: v for k, v in cli_env.items() if k not in omp}
+    ways = [("1", {}), ("2", {}), ("2", {"OMP_WAIT_POLICY": "PASSIVE"}), ("2", {"GOMP_SPINCOUNT": "300000"})]
+    runs = []
+    for n, (threads, env) in enumerate(ways):
+        out = tmp_path / f"way{n}.jsonl"
+        proc = subprocess.run([*cli, "batch", str(src), "--fast", "-m", str(tiny_qwen_q8_gguf), "--ctx", CTX,
+                               "--threads", threads, "-o", str(out)],
+                              env=base | env | {"LIBRA_EDGE_HOME": str(tmp_path / f"home{n}")},  # a fresh run each
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr
+        runs.append(_scores(out))
+    assert len(runs[0]) == 8
+    assert all(run == runs[0] for run in runs[1:])

@@ -117,6 +117,31 @@ def post(url: str, body: Any, **kwargs: Any) -> httpx.Response:
     return httpx.post(url, json=body, timeout=300, **kwargs)
 
 
+# ------------------------------------------------------------------ the service's own queue
+def test_a_cancelled_future_gives_its_slot_back(guard: Guard) -> None:
+    """`Service.start` (serve/app.py) admits pairs and hands them to the engine; a future
+    cancelled while queued, and one that finishes, each give their slot back."""
+    from concurrent.futures import wait
+
+    from libra_edge.serve.app import Service, ServeConfig
+    from libra_edge.serve.jobs import QueueFull
+    from libra_edge.serve.schema import Pair
+
+    service = Service(guard, ServeConfig(queue=4))
+    futures = service.start([Pair(f"问题{i}", f"回答{i}") for i in range(4)], analysis=True)
+    assert service.admission.held == 4
+    with pytest.raises(QueueFull):
+        service.start([Pair("q", "r")], analysis=False)  # no room: nothing handed to the engine
+    assert futures[-1].cancel()  # one sequence: the last of four is still waiting
+    cancelled = [futures[-1], *(f for f in futures[1:-1] if f.cancel())]
+    wait([f for f in futures if f not in cancelled])
+    deadline = time.monotonic() + 30
+    while service.admission.held and time.monotonic() < deadline:  # done callbacks run on the engine's thread
+        time.sleep(0.01)
+    assert service.admission.held == 0
+    assert futures[0].result().label in ("安全", "不安全")
+
+
 # ---------------------------------------------------------------------------------- /v1/check
 @pytest.mark.parametrize("analysis", [False, True], ids=["fast", "full"])
 def test_check_answers_exactly_what_guard_check_gives(server: Server, guard: Guard, analysis: bool) -> None:
@@ -408,6 +433,35 @@ def test_sigterm_drains_in_flight_requests_and_logs_them_as_a_serve_run(tiny_qwe
         rows = store.results(run.id)
         assert sorted(r.score for r in rows) == sorted(v["score"] for v in res.json())
         assert {r.question for r in rows} == {"慢问题0", "慢问题1"}
+
+
+def test_a_serve_run_records_what_a_batch_run_records(tiny_qwen_q8_gguf: Path, tmp_path: Path) -> None:
+    """`--log-results` records its run as `batch` does (`batch.identity.record_run`): the tool
+    version and the llama.cpp build are in its settings and its node, so its export names them."""
+    from libra_edge import __version__
+    from libra_edge.engine import llama
+
+    home = tmp_path / "home"
+    srv = Server(tiny_qwen_q8_gguf, home, "--log-results")
+    try:
+        res = post(srv.url + "/v1/check", {"question": "问", "response": "答", "analysis": False, "threshold": 0.25})
+        assert res.status_code == 200, res.text
+    finally:
+        assert srv.stop() == 0
+    with open_store(home / "libra-edge.db") as store:
+        [run] = store.runs()
+        assert run.settings["libra_edge_version"] == __version__
+        assert run.settings["build"] == llama.build_features()
+        assert run.settings["prompt_template_version"] == run.prompt_template_version
+        assert run.model_sha256 == res.json()["model_sha256"]
+        [node] = store.run_nodes(run.id)
+        assert (node.build, node.items) == (llama.build_features(), 1)
+        export = tmp_path / "serve-run.jsonl"
+        store.export(run.id, export, format="jsonl")
+    [row] = [json.loads(line) for line in export.read_text(encoding="utf-8").splitlines()]
+    verdict = row["verdict"]
+    assert (verdict["version"], verdict["model_sha256"]) == (__version__, run.model_sha256)
+    assert verdict["label"] == res.json()["label"] and row["critic"] == res.json()["raw"]
 
 
 def test_a_client_that_leaves_a_stream_frees_its_slot(slow_server: Server) -> None:

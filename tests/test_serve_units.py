@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -114,14 +113,6 @@ def test_the_queue_admits_up_to_its_capacity_then_says_when_to_retry() -> None:
     queue.release(0.5)
     queue.admit(1)
     assert queue.held == 3
-
-
-def test_a_cancelled_future_gives_its_slot_back() -> None:
-    queue = Admission(1, parallel=1)
-    queue.admit(1)
-    future: Future[int] = Future()
-    future.add_done_callback(lambda f: queue.release())
-    assert future.cancel() and queue.held == 0
 
 
 def test_metrics_render_prometheus_text() -> None:

@@ -456,12 +456,20 @@ async def test_the_footer_is_rebuilt_only_when_its_keys_change(make_tui: Callabl
     async with toggle.run_test() as pilot:
         await pilot.pause()
         footer = toggle.screen.query_one(KeysFooter)
-        assert [(k.key, k._disabled) for k in footer.query(FooterKey)][:2] == [("x", False), ("y", False)]
-        toggle.go_allowed = None  # shown, disabled (drawn dimmed; FooterKey keeps it in _disabled)
+        def states(keys: Any) -> list[tuple[str, bool]]:
+            # A disabled key is drawn dimmed (and a click on it rings the bell, not the action).
+            return [(k.key, bool(k.rich_style.dim)) for k in keys]
+
+        assert states(footer.query(FooterKey))[:2] == [("x", False), ("y", False)]
+        toggle.go_allowed = None  # shown, disabled: drawn dimmed
         toggle.refresh_bindings()
         await pilot.pause()
         await pilot.pause()
-        assert [(k.key, k._disabled) for k in footer.query(FooterKey)][:2] == [("x", True), ("y", False)]
+        assert states(footer.query(FooterKey))[:2] == [("x", True), ("y", False)]
+        rung: list[bool] = []
+        monkeypatch.setattr(toggle, "bell", lambda: rung.append(True))
+        await pilot.click(footer.query(FooterKey).first())
+        assert rung == [True]
         toggle.go_allowed = False  # hidden
         toggle.refresh_bindings()
         await pilot.pause()
@@ -471,7 +479,7 @@ async def test_the_footer_is_rebuilt_only_when_its_keys_change(make_tui: Callabl
         toggle.refresh_bindings()
         await pilot.pause()
         await pilot.pause()
-        assert [(k.key, k._disabled) for k in footer.query(FooterKey) if k.display][:2] == [("x", False), ("y", False)]
+        assert states(k for k in footer.query(FooterKey) if k.display)[:2] == [("x", False), ("y", False)]
 
 
 async def test_the_table_keeps_its_drawn_cells_across_focus_moves_and_draws_them_right(

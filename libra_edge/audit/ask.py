@@ -358,10 +358,21 @@ def _check_resume(header: dict[str, Any], options: AskOptions, journal: Path) ->
                                   "or choose another -o")
 
 
+StartHook = Callable[[dict[str, Any], list[Question], dict[str, dict[str, Any]]], None]
+
+
 def run_ask(inputs: Sequence[str | Path], output: Path, options: AskOptions, *, resume: bool = False,
             marks: Marks | None = None, on_progress: Callable[[int, int, dict[str, Any]], None] | None = None,
-            on_answer: Callable[[Question, dict[str, Any]], None] | None = None) -> AskSummary:
-    """Ask every not-yet-answered question of the bank; write OUT and its sidecar when done."""
+            on_answer: Callable[[Question, dict[str, Any]], None] | None = None,
+            on_start: StartHook | None = None) -> AskSummary:
+    """Ask every not-yet-answered question of the bank; write OUT and its sidecar when done.
+
+    `on_start(header, questions, outcomes)` is called once the run's evidence header is
+    known (the journal's first line: it identifies this run of asking, resumed or not) and
+    before anything is asked, with the bank's questions and the outcomes journaled so far
+    (by key); `on_answer(question, outcome)` after each new answer is journaled. `audit ask
+    --judge` judges through these two (`audit.judge`).
+    """
     if options.concurrency < 1:
         raise LibraError(f"--concurrency: at least 1, got {options.concurrency}")
     questions, files = read_bank(inputs, options.question_field)
@@ -379,10 +390,14 @@ def run_ask(inputs: Sequence[str | Path], output: Path, options: AskOptions, *, 
             outcomes[record["key"]] = record
     answered_before = sum(o["status"] == "answered" for o in outcomes.values())
     todo = [q for q in questions if outcomes.get(q.key, {}).get("status") != "answered"]
+    new = header is None
+    header = header or _header(options, files)
+    if on_start is not None:  # before the journal is written: a hook that fails leaves no trace
+        on_start(header, questions, outcomes)
     journal.open()
     try:
-        if header is None:
-            journal.append(_header(options, files))
+        if new:
+            journal.append(header)
         done = _ask_all(todo, options, journal, outcomes, len(questions), on_progress, on_answer)
     finally:
         journal.close()

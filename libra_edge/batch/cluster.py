@@ -27,12 +27,17 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from libra_edge.batch.readers import Item
-from libra_edge.batch.runner import BatchJob, RunInterrupted, judge_pairs, verdict_record
+from libra_edge.batch.policy import Outcome, VerdictLike, judge_pairs
+from libra_edge.batch.runner import BatchJob, RunInterrupted, verdict_record
 from libra_edge.engine.settings import EngineSettings
 from libra_edge.errors import LibraError, ModelError
+from libra_edge.models.ggufinfo import GGUFInfo
+
+if TYPE_CHECKING:
+    from libra_edge.engine import Guard
 
 INSTALL_HINT = "pip install 'libra-edge[cluster]' on the driver and on every node"
 
@@ -90,15 +95,19 @@ def cluster_settings(settings: EngineSettings, options: ClusterOptions) -> Engin
 class ModelStandIn:
     """What `BatchJob.open` needs of a guard, for a run whose guards live on the cluster."""
 
-    info: Any
+    info: GGUFInfo
     settings: EngineSettings
     parallel: int = 1
 
-    def check(self, question: str, response: str, *, analysis: bool = True) -> Any:
+    def check(self, question: str, response: str, *, analysis: bool = True,
+              cancel: threading.Event | None = None,
+              on_window: Callable[[int, int], None] | None = None) -> VerdictLike:
         raise RuntimeError("a cluster run's items are judged by its actors")
 
     def check_many(self, pairs: Sequence[tuple[str, str]], *, analysis: bool = True,
-                   on_verdict: Callable[[int, Any], None] | None = None) -> Sequence[Any]:
+                   on_verdict: Callable[[int, Any], None] | None = None,
+                   cancel: threading.Event | None = None,
+                   on_window: Callable[[int, int, int], None] | None = None) -> Sequence[VerdictLike]:
         raise RuntimeError("a cluster run's items are judged by its actors")
 
 
@@ -143,19 +152,19 @@ class GuardActor:
 
         from libra_edge.engine import Guard, llama
         from libra_edge.models import resolve_model
-        from libra_edge.models.digest import model_sha256 as file_sha256
+        from libra_edge.models.digest import model_sha256 as sha256_of
 
         self.node = ray.get_runtime_context().get_node_id()
         self.host = socket.gethostname()
         self.build = llama.build_features()
         self.analysis = analysis
-        self.guard: Any = None
+        self.guard: Guard | None = None
         self.sha256 = ""
         self.refusal: str | None = None
         where = f"node {self.node[:12]} ({self.host})"
         try:
             path = resolve_model(model)
-            self.sha256 = file_sha256(path)
+            self.sha256 = sha256_of(path)
             if self.sha256 != model_sha256:
                 self.refusal = (f"{where} holds another model file at {path}: sha256 {self.sha256[:16]}…, "
                                 f"the run's is {model_sha256[:16]}…")
@@ -174,12 +183,12 @@ class GuardActor:
 
         seqs = [int(s) for s in batch["seq"]]
         results: list[str] = [""] * len(seqs)
-        if self.refusal is not None:
-            results = [json.dumps({"refused": self.refusal})] * len(seqs)
+        if self.refusal is not None or self.guard is None:
+            results = [json.dumps({"refused": self.refusal or "no guard loaded"})] * len(seqs)
         else:
             pairs = [(str(q), str(r)) for q, r in zip(batch["question"], batch["response"])]
 
-            def record(i: int, outcome: Any) -> None:
+            def record(i: int, outcome: Outcome) -> None:
                 if isinstance(outcome, Exception):
                     text = str(outcome) or type(outcome).__name__
                     results[i] = json.dumps({"error": text}, ensure_ascii=False)
@@ -276,7 +285,7 @@ class RayExecutor:
         return min(fit, self.options.actors) if self.options.actors else fit
 
     # -- Executor ----------------------------------------------------------------------
-    def run(self, job: BatchJob, items: Sequence[Item], record: Callable[[Item, Any], None],
+    def run(self, job: BatchJob, items: Sequence[Item], record: Callable[[Item, Outcome], None],
             cancel: threading.Event) -> bool:
         ray = import_ray()
         self._connect(ray)
@@ -285,7 +294,7 @@ class RayExecutor:
         finally:
             ray.shutdown()  # the actors are this driver's: they end with it
 
-    def _stream(self, ray: Any, job: BatchJob, items: Sequence[Item], record: Callable[[Item, Any], None],
+    def _stream(self, ray: Any, job: BatchJob, items: Sequence[Item], record: Callable[[Item, Outcome], None],
                 cancel: threading.Event) -> bool:
         from ray.data import ActorPoolStrategy, DataContext
 

@@ -7,7 +7,7 @@ from libra_edge.cli.common import help_from_doc
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from libra_edge.errors import ExitCode, LibraError
 
@@ -185,11 +185,19 @@ seconds; HTTP 401/403/404 stop the run at once (exit 5); other 4xx fail that que
 Exit 0: every question answered; 7: some failed (listed; --resume asks them again);
 5: the service refused the requests; 130: interrupted (--resume continues).
 
+--judge: each answer is judged by the guard as it arrives, into a batch run of the store
+(one row per bank question, each verdict committed as it is made; `report`, the TUI and
+`audit report` read it), and once every question is judged into OUT.judged.jsonl. After
+any stop, the same command with --resume asks only the unanswered questions, judges the
+answered but unjudged ones first, and judges nothing twice.
+
 examples:
   libra-edge audit ask sample.jsonl --endpoint http://10.0.0.5:8000 --model qwen-chat -o answers.jsonl
   OPENAI_API_KEY=... libra-edge audit ask sample.jsonl --endpoint https://gw.internal/v1 \\
       --model svc-7b --concurrency 8 -o answers.jsonl --resume
   libra-edge batch answers.jsonl -o judged.jsonl
+  libra-edge audit ask sample.jsonl --endpoint http://10.0.0.5:8000 --model svc -o answers.jsonl \
+      --judge --judge-analysis flagged --guard-option=--threads=4
 """
 
 
@@ -225,7 +233,8 @@ def _register_ask(actions: argparse._SubParsersAction[argparse.ArgumentParser]) 
                    help="extra refusal rules (JSON, as libra_edge/audit/refusal_rules.json)")
     m.add_argument("--keywords", metavar="FILE", help="mark answers containing a keyword of this library")
     m.add_argument("--judge", action="store_true",
-                   help="once every question is answered, judge OUT with the guard (as `libra-edge batch OUT`)")
+                   help="judge each answer with the guard as it arrives, into a batch run of the store "
+                   "(--resume continues it: nothing judged twice)")
     m.add_argument("--guard-model", metavar="PATH|NAME", help="--judge: the guard model (default: the default one)")
     m.add_argument("--judge-analysis", choices=("all", "flagged", "none"), default="flagged",
                    help="--judge: which answers get the guard's analysis (default: flagged)")
@@ -271,7 +280,56 @@ def run_ask(args: argparse.Namespace) -> int:
             last[0] = time.monotonic()
             print(f"libra-edge: answered {answered:,}/{total:,}", file=sys.stderr)
 
-    summary = ask(args.inputs, output, options, resume=args.resume, marks=marks, on_progress=progress)
+    if not args.judge:
+        summary = ask(args.inputs, output, options, resume=args.resume, marks=marks, on_progress=progress)
+        return _ask_summary(args, options, marks, summary)
+    from libra_edge.audit.judge import StreamJudge
+    from libra_edge.cli.batch import output_target
+    from libra_edge.store import open_store
+
+    judged = output_target(args.judged_output or str(output.with_name(output.stem + ".judged.jsonl")))
+    model_path, settings = _guard_settings(args, output)
+    with _load_guard(model_path, settings) as guard, open_store() as store:
+        judge = StreamJudge(store, guard, marks, output=output, analysis=args.judge_analysis,
+                            question_field=args.question_field, on_progress=_judge_progress())
+        print(f"judging each answer as it arrives with {guard.info.name} (analysis {args.judge_analysis})",
+              file=sys.stderr)
+        try:
+            summary = ask(args.inputs, output, options, resume=args.resume, marks=marks, on_progress=progress,
+                          on_start=judge.start, on_answer=judge.submit)
+        except KeyboardInterrupt:
+            judge.stop()
+            raise
+        except BaseException:
+            if judge.job is not None:
+                import contextlib
+
+                # The answers kept so far are judged too; the error that stopped the asking is the one to report.
+                with contextlib.suppress(Exception):
+                    judge.finish()
+            raise
+        code = _ask_summary(args, options, marks, summary)
+        judged_now = judge.finish()
+        assert judge.job is not None
+        run = store.run(judge.job.run_id)
+        print(f"judged: run {run.id}: {run.done - run.errors:,} of {summary.total:,} "
+              f"questions judged ({judge.judged_before:,} before, {judged_now.done_now if judged_now else 0:,} now, "
+              f"{judge.replayed:,} of them answered before), {run.flagged:,} flagged, {run.errors:,} failed")
+        if run.status == "finished" and judged is not None and judged.path is not None:
+            n = store.export(run.id, judged.path, format=judged.format, bom=judged.bom)
+            print(f"wrote {n:,} judged records to {judged.path} (libra-edge report {run.id})")
+        elif run.status != "finished":
+            print(f"libra-edge: run {run.id} is not complete: the same command with --resume asks and judges "
+                  "the rest", file=sys.stderr)
+        if run.errors and code == int(ExitCode.OK):
+            print(f"libra-edge: {run.errors:,} answer(s) could not be judged; --resume judges them again "
+                  f"(exit {int(ExitCode.INCOMPLETE)})", file=sys.stderr)
+            code = int(ExitCode.INCOMPLETE)
+        return code
+
+
+def _ask_summary(args: argparse.Namespace, options: Any, marks: Any, summary: Any) -> int:
+    """Print what `audit ask` did; exit 0, or 7 when questions are left unanswered."""
     print(f"asked {options.url} ({options.model}): {summary.answered:,} of {summary.total:,} questions answered "
           f"({summary.resumed:,} from before, {summary.asked_now:,} outcomes now), {len(summary.failed):,} failed")
     for failure in summary.failed:
@@ -285,10 +343,6 @@ def run_ask(args: argparse.Namespace) -> int:
     if summary.keyword_answers is not None:
         print(f"answers containing a keyword of {args.keywords}: {summary.keyword_answers:,} of {summary.answered:,}")
     print(f"wrote {summary.output}, {summary.meta} and the evidence {summary.evidence}")
-    if args.judge and not summary.failed:
-        return _judge(args, output)
-    if args.judge:
-        print("libra-edge: --judge waits until every question is answered (--resume)", file=sys.stderr)
     if summary.failed:
         print(f"libra-edge: {len(summary.failed):,} question(s) not answered; run the same command with --resume "
               f"to ask them again (exit {int(ExitCode.INCOMPLETE)})", file=sys.stderr)
@@ -305,16 +359,40 @@ def _sha256(path: Path) -> str:
         raise LibraError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
-def _judge(args: argparse.Namespace, output: Path) -> int:
-    """`--judge`: the answers go through `libra-edge batch` unchanged (its store, run id, resume)."""
-    from libra_edge.cli.main import main
+def _guard_settings(args: argparse.Namespace, output: Path) -> tuple[Path, Any]:
+    """`--judge`: the guard model and its settings, from --guard-model and the `batch` options
+    given with --guard-option (parsed by `batch`'s own parser, so they mean what they mean there)."""
+    from libra_edge.cli import batch as batch_cli
+    from libra_edge.models import resolve_model
 
-    judged = args.judged_output or str(output.with_name(output.stem + ".judged.jsonl"))
-    argv = ["batch", str(output), "-o", judged, "--analysis", args.judge_analysis, *args.guard_option]
-    if args.guard_model:
-        argv += ["--model", args.guard_model]
-    print(f"judging: libra-edge {' '.join(argv)}", file=sys.stderr)
-    return main(argv)
+    parser = argparse.ArgumentParser(prog="libra-edge audit ask --guard-option")
+    batch_cli.register(parser.add_subparsers())
+    ns = parser.parse_args(["batch", str(output), *args.guard_option])
+    if ns.cluster:
+        raise LibraError("--guard-option --cluster: --judge judges on this machine; "
+                         "for a cluster, run `libra-edge batch OUT --cluster ...` on the answers")
+    if ns.max_tokens < 1:
+        raise LibraError(f"--guard-option --max-tokens: must be at least 1, got {ns.max_tokens}")
+    return resolve_model(args.guard_model or ns.model), batch_cli.new_run_settings(ns)
+
+
+def _load_guard(path: Path, settings: Any) -> Any:
+    from libra_edge.engine import Guard
+
+    return Guard.load(path, settings)
+
+
+def _judge_progress() -> Any:
+    import time
+
+    last = [0.0]
+
+    def progress(p: Any) -> None:
+        if p.window is None and (time.monotonic() - last[0] >= 2.0 or p.done == p.total):
+            last[0] = time.monotonic()
+            print(f"libra-edge: judged {p.done:,}/{p.total:,} ({p.flagged:,} flagged)", file=sys.stderr)
+
+    return progress
 
 
 REPORT_EPILOG = """\
@@ -324,12 +402,16 @@ clause each restates (libra_edge/report/profiles/gbt45654-assessment.json; copy 
 pass --profile), per-risk results across the 31 risks of Appendix A (per topic for the
 should-not-refuse bank), the three methods for generated content side by side (reviewers,
 keywords, the model) with their agreement, bank conformance (with --*-bank), and the
-provenance of the service under test. The same figures in Chinese and English (--lang;
-the default follows the locale). Exit 0: every gate passes; 1: a gate does not.
+provenance of the service under test. Refusal rates count a reviewer's refusal decision
+(the TUI's r / a keys) before the rules' mark, and the report says how many marks reviewers
+changed. The same figures in Chinese and English (--lang; the default follows the locale).
+It ends with each run's integrity digest: --verify REPORT exits 1 when the store changed
+since. Exit 0: every gate passes; 1: a gate does not.
 
 example:
   libra-edge audit report --content 3 --should-refuse 4 --should-not-refuse 5 \\
       --content-bank content.jsonl --lang zh -o assessment.html
+  libra-edge audit report --verify assessment.html
 """
 
 
@@ -347,7 +429,28 @@ def _register_report(actions: argparse._SubParsersAction[argparse.ArgumentParser
     r.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
     r.add_argument("--profile", metavar="FILE", help="the gates (default: the shipped gbt45654-assessment profile)")
     r.add_argument("--risk-map", metavar="FILE", help="category -> risk code map (default: the shipped one)")
+    r.add_argument("--verify", metavar="REPORT", help="check an assessment report's integrity digests (one per "
+                   "run: verdicts, scores, reviews, refusal reviews) against the database now (exit 1 if changed)")
     r.set_defaults(func=run_assessment)
+
+
+def _verify_assessment(path: Path) -> int:
+    """Recompute each run's digest the report carries; exit 1 when any differs."""
+    from libra_edge.report.digest import digest_run, read_markers
+    from libra_edge.store import open_store
+
+    changed = 0
+    with open_store() as store:
+        for claimed in read_markers(path):
+            now = digest_run(store, claimed.run_id)
+            if now.sha256 == claimed.sha256:
+                print(f"{path}: OK: run {claimed.run_id}'s {now.results:,} results are unchanged since the report")
+                continue
+            changed += 1
+            what = (f"{claimed.results:,} results then, {now.results:,} now" if now.results != claimed.results
+                    else "a verdict, score, review or refusal review differs")
+            print(f"{path}: CHANGED: run {claimed.run_id} in {store.path} no longer matches the report ({what})")
+    return int(ExitCode.FLAGGED if changed else ExitCode.OK)
 
 
 def run_assessment(args: argparse.Namespace) -> int:
@@ -360,6 +463,10 @@ def run_assessment(args: argparse.Namespace) -> int:
 
     runs = {kind: getattr(args, kind.replace("-", "_")) for kind in ("content", "should-refuse", "should-not-refuse")}
     runs = {k: v for k, v in runs.items() if v is not None}
+    if args.verify:
+        if runs:
+            raise LibraError("--verify reads the runs from the report: give no --content/--should-*refuse RUN with it")
+        return _verify_assessment(Path(args.verify))
     risk_map = load_risk_map(args.risk_map)
     checks = []
     for kind in ("content", "should-refuse", "should-not-refuse"):

@@ -33,8 +33,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--pairs", type=int, default=8, metavar="N", help="fast checks to time (default: 8)")
     p.add_argument("--full-pairs", type=int, default=3, metavar="N", help="full checks to time (default: 3)")
-    p.add_argument("--max-tokens", "--max-new-tokens", dest="max_tokens", type=int, default=256, metavar="N",
-                   help="longest analysis (default: 256)")
     p.add_argument("--short-cap", type=int, default=16, metavar="N",
                    help="also time full checks with this small analysis cap (default: 16); "
                    "a small cap must never be slower than a large one")
@@ -54,14 +52,14 @@ def run(args: argparse.Namespace) -> int:
         full_pairs=args.full_pairs,
         short_cap=args.short_cap,
         progress=lambda msg: print(f"... {msg}", file=sys.stderr, flush=True),
-        max_new_tokens=args.max_tokens,
         **guard_options(args),
     )
     if args.json:
         out = asdict(report) | {"prefill_overhead": report.prefill_overhead, "decode_overhead": report.decode_overhead}
         print(json.dumps(out, indent=2))
         return 0
-    print(f"model            {report.model} ({report.quant}), {report.threads} threads")
+    print(f"model            {report.model} ({report.quant})")
+    print(f"threads          {report.threads_why}")
     print(f"load             {report.load_s:.2f} s")
     prefill_vs = speed_words(report.prefill_tok_s, report.bare_prefill_tok_s)
     decode_vs = speed_words(report.decode_tok_s, report.bare_decode_tok_s)

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from libra_edge.cli.common import add_model_options, guard_options, help_from_doc
+from libra_edge.cli.common import add_model_options, engine_settings, help_from_doc
 from libra_edge.errors import ExitCode, InputError, LibraError
 
 if TYPE_CHECKING:
@@ -54,16 +54,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-r", "--response", metavar="TEXT", help="the LLM's response to judge")
     p.add_argument("--fast", action="store_true", help="stop after the verdict: no analysis, much faster")
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
-    p.add_argument("--max-tokens", "--max-new-tokens", dest="max_tokens", type=int, default=256, metavar="N",
-                   help="longest analysis in tokens (default: 256, as the authors); a cut analysis "
-                   "keeps its verdict and is marked analysis_cut")
-    p.add_argument("--long", choices=("chunk", "truncate"), default="chunk",
-                   help="a response too long for the context: judge it whole in overlapping windows "
-                   "(chunk, default) or keep its head and tail (truncate)")
-    p.add_argument("--no-normalize", dest="normalize", action="store_false",
-                   help="judge the text exactly as given (default: NFKC, zero-width and bidi "
-                   "controls removed, full-width letters folded)")
-    add_model_options(p, long_option=True)
+    add_model_options(p)
     p.set_defaults(func=run)
 
 
@@ -95,14 +86,11 @@ def run(args: argparse.Namespace) -> int:
     t_run = time.perf_counter()
     started = _process_age()
     question, response = read_pair(args)  # before anything slow: bad input costs no model load
-    if args.max_tokens < 1:
-        raise LibraError(f"--max-tokens: must be at least 1, got {args.max_tokens}")
-    opts = guard_options(args)
+    settings = engine_settings(args)
     t_load = time.perf_counter()
     from libra_edge.engine import Guard
 
-    with Guard.load(args.model, max_new_tokens=args.max_tokens, long=args.long, normalize=args.normalize,
-                    **opts) as guard:
+    with Guard.load(args.model, settings) as guard:
         guard.model_sha256  # part of the load: hashed once per file (then cached), not per check
         t_judge = time.perf_counter()
         verdict = guard.check(question, response, analysis=not args.fast)

@@ -8,7 +8,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from libra_edge.engine.settings import LONG_MODES, EngineSettings, SettingError
 from libra_edge.errors import InputError, LibraError
+from libra_edge.verdicts import MIN_CTX_PER_SEQ
 
 
 def help_from_doc(doc: str | None) -> str:
@@ -58,11 +60,24 @@ def destination_folder(folder: Path, *, mkdir: bool, name: str, missing: str = "
     return folder
 
 
-def add_model_options(parser: argparse.ArgumentParser, *, long_option: bool = False) -> None:
-    """`--model` plus the engine options every model-loading command accepts.
+# The engine settings a command line sets, with the flag that sets each (a SettingError
+# from `EngineSettings` is told with the flag's name).
+FLAGS: dict[str, str] = {
+    "ctx_per_seq": "--ctx", "threshold": "--threshold", "max_new_tokens": "--max-tokens", "long": "--long",
+    "normalize": "--no-normalize", "gpu_layers": "--gpu-layers", "threads": "--threads", "parallel": "--parallel",
+}
+# The options that decide verdicts, declared once for every command that loads a model.
+VERDICT_OPTIONS = ("--ctx", "--threshold", "--max-tokens", "--max-new-tokens", "--long", "--no-normalize")
 
-    `long_option`: the command has `--long` (its `--ctx` help names it).
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """`--model`, the hardware options and the verdict options of every model-loading command.
+
+    `check`, `batch`, `serve`, `tui` (and `bench`, `doctor`) call this, so each option has
+    one declaration: the same names, help and defaults, read from `EngineSettings`.
+    `engine_settings(args)` turns them into the settings a Guard loads with.
     """
+    defaults = EngineSettings()
     group = parser.add_argument_group("model and hardware")
     group.add_argument(
         "-m", "--model", metavar="PATH|NAME",
@@ -70,25 +85,41 @@ def add_model_options(parser: argparse.ArgumentParser, *, long_option: bool = Fa
         "else the only installed one; see `libra-edge models`)",
     )
     group.add_argument(
-        "--gpu-layers", default="auto", metavar="auto|all|0|N",
+        "--gpu-layers", default=defaults.gpu_layers, metavar="auto|all|0|N",
         help="layers to offload to the GPU: auto (all if this build has GPU offload, else 0), "
-        "all, 0 (pure CPU) or a number (default: auto)",
+        f"all, 0 (pure CPU) or a number (default: {defaults.gpu_layers})",
     )
     group.add_argument(
-        "--threads", type=int, default=None, metavar="N",
+        "--threads", type=int, default=defaults.threads, metavar="N",
         help="CPU threads for llama.cpp (default: physical cores)",
     )
-    longer = ("a longer response is judged whole in overlapping windows, the highest score "
-              "deciding (--long chunk, the default), or cut to its head and tail (--long truncate)"
-              if long_option else
-              "a longer response is judged whole in overlapping windows, the highest score deciding")
-    group.add_argument(
-        "--ctx", type=int, default=4096, metavar="TOKENS",
-        help=f"context size in tokens of each sequence (default: 4096); {longer}",
+    verdict = parser.add_argument_group(
+        "verdict settings", "they decide scores and verdicts: a run records them, and `batch --resume` "
+        "uses the run's own")
+    verdict.add_argument(
+        "--ctx", type=int, default=defaults.ctx_per_seq, metavar="TOKENS",
+        help=f"context size in tokens of each sequence, at least {MIN_CTX_PER_SEQ} (default: "
+        f"{defaults.ctx_per_seq}); a longer response is judged whole in overlapping windows, the "
+        "highest score deciding (--long chunk, the default), or cut to its head and tail (--long truncate)",
     )
-    group.add_argument(
-        "--threshold", type=float, default=0.5, metavar="X",
-        help="flag as unsafe when P(unsafe) >= X, 0..1 (default: 0.5)",
+    verdict.add_argument(
+        "--threshold", type=float, default=defaults.threshold, metavar="X",
+        help=f"flag as unsafe when P(unsafe) >= X, 0..1 (default: {defaults.threshold:g})",
+    )
+    verdict.add_argument(
+        "--max-tokens", "--max-new-tokens", dest="max_tokens", type=int, default=defaults.max_new_tokens,
+        metavar="N", help=f"longest analysis in tokens (default: {defaults.max_new_tokens}, as the authors); "
+        "a cut analysis keeps its verdict and is marked analysis_cut",
+    )
+    verdict.add_argument(
+        "--long", choices=LONG_MODES, default=defaults.long,
+        help="a response too long for the context: judge it whole in overlapping windows, the "
+        "highest score deciding (chunk, the default), or keep its head and tail (truncate)",
+    )
+    verdict.add_argument(
+        "--no-normalize", dest="normalize", action="store_false", default=defaults.normalize,
+        help="judge the text exactly as given (default: NFKC, zero-width and bidi controls "
+        "removed, full-width ASCII folded)",
     )
     add_verbose_option(parser)
 
@@ -107,18 +138,22 @@ def parse_gpu_layers(value: str) -> int | str:
     return n
 
 
-def guard_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Keyword arguments for `Guard.load` from the shared options."""
-    if not 0.0 <= args.threshold <= 1.0:
-        raise LibraError(f"--threshold: must be between 0 and 1, got {args.threshold}")
-    if args.ctx < 512:
-        raise LibraError(f"--ctx: must be at least 512 tokens, got {args.ctx}")
-    if args.threads is not None and args.threads < 1:
-        raise LibraError(f"--threads: must be at least 1, got {args.threads}")
-    return {
-        "gpu_layers": parse_gpu_layers(args.gpu_layers),
-        "threads": args.threads,
-        "ctx_per_seq": args.ctx,
-        "threshold": args.threshold,
-        "verbose": args.verbose,
+def engine_settings(args: argparse.Namespace, **more: Any) -> EngineSettings:
+    """The settings the shared options (and MORE, e.g. `parallel`) give, checked by `EngineSettings`.
+
+    A setting out of range is a usage error naming its flag: `--ctx: must be at least ...`.
+    """
+    fields: dict[str, Any] = {
+        "ctx_per_seq": args.ctx, "threshold": args.threshold, "max_new_tokens": args.max_tokens,
+        "long": args.long, "normalize": args.normalize, "gpu_layers": parse_gpu_layers(args.gpu_layers),
+        "threads": args.threads, "verbose": args.verbose, **more,
     }
+    try:
+        return EngineSettings(**fields)
+    except SettingError as exc:
+        raise LibraError(f"{FLAGS.get(exc.setting, exc.setting)}: {exc.problem}") from None
+
+
+def guard_options(args: argparse.Namespace, **more: Any) -> dict[str, Any]:
+    """Keyword arguments for `Guard.load` from the shared options (`engine_settings`, as a dict)."""
+    return engine_settings(args, **more).to_dict()

@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     from libra_edge.diagnostics import build_report, data_report, smoke_test
 
-    build = build_report()
+    build = build_report(args.threads)
     data = data_report()
     smoke: dict[str, object] = {"ran": False}
     if not args.no_smoke:
@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
                 "architecture": report.architecture,
                 "quant": report.quant,
                 "chat_template": report.chat_template,
+                "imatrix": report.imatrix,
+                "imatrix_calibration_sha256": report.imatrix_calibration_sha256,
                 "label_tokens": {
                     label: [{"id": i, "text": text} for i, text in tokens]
                     for label, tokens in report.label_tokens.items()
@@ -75,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
               f"also carries {', '.join(others)}; the AMX one, sapphirerapids, is never chosen)")
     else:
         print("CPU kernels: built in (a build for one CPU: ./install.sh --native, or your own CMAKE_ARGS)")
+    print(f"threads: {build.threads_why}")
     print(f"llama.cpp: {build.system_info}")
     for warning in build.warnings:
         print(f"WARNING: {warning}")
@@ -93,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     template = smoke["chat_template"]
     print("  chat template: " + ("the GGUF's own" if template == "gguf"
                                  else "fallback (Qwen2.5 ChatML; the GGUF has none)"))
+    from libra_edge.diagnostics import imatrix_line  # issue 26: the importance matrix line
+
+    print(f"  {imatrix_line(str(smoke['quant']), smoke.get('imatrix'))}")  # type: ignore[arg-type]
     for label, tokens in smoke["label_tokens"].items():  # type: ignore[attr-defined]
         shown = ", ".join(f"{t['text']!r} ({t['id']})" for t in tokens[:8])
         more = f", ... {len(tokens)} in all" if len(tokens) > 8 else ""

@@ -12,7 +12,7 @@ from libra_edge.errors import ExitCode, LibraError
 
 # Each name is a module in this package exposing `register(subparsers)`; registration
 # must stay import-cheap (no llama.cpp, no Textual) so `--help` is instant.
-COMMANDS = ("check", "batch", "eval", "report", "audit", "models", "convert", "bundle", "doctor", "bench", "serve", "tui")
+COMMANDS = ("check", "batch", "runs", "eval", "report", "audit", "models", "convert", "bundle", "doctor", "bench", "serve", "tui")
 
 DESCRIPTION = """\
 Libra-Guard, offline: judge whether an LLM's response to a question is safe.
@@ -20,6 +20,7 @@ Libra-Guard, offline: judge whether an LLM's response to a question is safe.
 Common tasks:
   libra-edge check -q "问题" -r "回答"        judge one pair (exit 1 when unsafe)
   libra-edge batch logs.jsonl -o out.jsonl   judge a whole file, resumable
+  libra-edge runs list                       the runs in the results database (runs info RUN)
   libra-edge eval out.jsonl                  Libra-Test metrics for predictions
   libra-edge report 3                        audit report of run 3 (HTML, gates)
   libra-edge models list                     installed models (pull, import, verify)

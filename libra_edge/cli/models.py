@@ -74,6 +74,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         epilog=f"Known names ({len(PUBLISHED_GUARDS)}):\n{known}\n\n"
         "Examples:\n  libra-edge models pull libra-guard-3b\n"
         "  libra-edge models pull libra-guard-7b --quant q8_0\n"
+        "  libra-edge models pull libra-guard-3b --no-imatrix --name guard-plain   # no importance matrix\n"
         "  libra-edge models pull caskcsg/Libra-Guard-Qwen2.5-3B-Instruct --revision 1a2b3c4 "
         "--name guard\n\n"
         "Environment: HF_ENDPOINT (a mirror), HF_TOKEN (gated or private repos),\n"
@@ -85,6 +86,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--revision", metavar="REV", help="branch, tag or commit (default: main)")
     s.add_argument("--quant", default=DEFAULT_QUANT, choices=QUANTS, type=str.lower,
                    help=f"quantization of the GGUF (default: {DEFAULT_QUANT})")
+    s.add_argument("--no-imatrix", action="store_true",
+                   help="quantize without an importance matrix (by default the K-quants below Q8 and "
+                   "IQ4_XS get one, computed on the shipped Libra calibration set: one extra pass of "
+                   "the unquantized model, closer scores at 4-6 bits)")
     s.add_argument("--name", metavar="NAME", help="install under this name "
                    "(default: the known name, plus -QUANT when not the default quant)")
     add_verbose_option(s)
@@ -249,6 +254,7 @@ def run_info(args: argparse.Namespace) -> int:
         ("size", f"{human_size(info.file_size)} ({info.file_size:,} bytes)"),
         ("architecture", info.architecture or "?"),
         ("quantization", info.quant),
+        ("importance matrix", info.imatrix.line() if info.imatrix else "none"),
         ("parameters", f"{_params(info.n_params)} ({info.n_params:,}, {info.n_tensors} tensors)"),
         ("layers", str(info.n_layers or "?")),
         ("context (trained)", str(info.context_length or "?")),
@@ -284,7 +290,8 @@ def run_pull(args: argparse.Namespace) -> int:
 
     progress = _ProgressLine("hashing")
     model = hub.pull(args.repo, revision=args.revision, quant=args.quant, name=args.name,
-                     progress=progress, say=lambda line: print(line, file=sys.stderr, flush=True))
+                     progress=progress, say=lambda line: print(line, file=sys.stderr, flush=True),
+                     no_imatrix=args.no_imatrix)
     progress.finish()
     _installed_message(model, config.default_model_name())
     return ExitCode.OK

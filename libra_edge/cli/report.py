@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from libra_edge.errors import ExitCode, LibraError
+from libra_edge.verdicts import check_threshold
 
 if TYPE_CHECKING:
     from libra_edge.store import Store
@@ -113,8 +114,8 @@ def run(args: argparse.Namespace) -> int:
             return _verify(store, Path(args.verify))
     if args.run is None:
         raise LibraError("give the RUN to report on (see `libra-edge batch --runs`), or --verify REPORT")
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise LibraError(f"--threshold: must be between 0 and 1, got {args.threshold}")
+    if args.threshold is not None:
+        check_threshold(args.threshold, "--threshold")
     if args.max_items < 0:
         raise LibraError(f"--max-items: must be 0 (all) or more, got {args.max_items}")
     from libra_edge.report import render_report, write_report
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _export(store: Store, run_id: int, target: str, threshold: float | None) -> None:
     """`--export FILE`: the run's rows, as `batch -o` writes them, at `threshold`."""
-    from libra_edge.cli.batch import output_target
+    from libra_edge.cli.batch_output import output_target
     from libra_edge.store.export import relabelled
 
     output = output_target(target)

@@ -7,7 +7,7 @@ import importlib
 import os
 import sys
 
-from libra_edge.cli.common import add_model_options, guard_options, help_from_doc
+from libra_edge.cli.common import add_model_options, engine_settings, help_from_doc
 from libra_edge.errors import ExitCode, LibraError
 
 EXTRA_HINT = "`libra-edge serve` needs the serve extra: pip install 'libra-edge[serve]' (starlette and uvicorn)"
@@ -68,13 +68,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="on SIGTERM, wait this long for requests in flight (default: 60)")
     net.add_argument("--log-results", action="store_true",
                      help="commit every verdict to the results database as a `serve` run")
-    p.add_argument("--max-tokens", "--max-new-tokens", dest="max_tokens", type=int, default=256, metavar="N",
-                   help="longest analysis in tokens (default: 256)")
-    p.add_argument("--long", choices=("chunk", "truncate"), default="chunk",
-                   help="a response too long for the context: judge it in windows (chunk, default) or "
-                   "keep its head and tail (truncate)")
-    p.add_argument("--no-normalize", dest="normalize", action="store_false",
-                   help="judge the text exactly as given")
     add_model_options(p)
     p.set_defaults(func=run)
 
@@ -99,13 +92,11 @@ def check_options(args: argparse.Namespace) -> str | None:
         raise LibraError(f"--host {args.host} is not a loopback address: anyone on the network could call it",
                          hint="set LIBRA_EDGE_API_KEY (or --api-key), or keep the default 127.0.0.1")
     for name, value, low in (("--port", args.port, 0), ("--queue", args.queue, 1), ("--max-body", args.max_body, 64),
-                             ("--max-chars", args.max_chars, 16), ("--max-tokens", args.max_tokens, 1)):
+                             ("--max-chars", args.max_chars, 16)):
         if value < low:
             raise LibraError(f"{name}: must be at least {low}, got {value}")
     if args.port > 65535:
         raise LibraError(f"--port: must be at most 65535, got {args.port}")
-    if not 1 <= args.parallel <= 64:
-        raise LibraError(f"--parallel: must be between 1 and 64, got {args.parallel}")
     if args.drain < 0:
         raise LibraError(f"--drain: must be >= 0, got {args.drain}")
     return key
@@ -113,20 +104,19 @@ def check_options(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     key = check_options(args)
+    settings = engine_settings(args, parallel=args.parallel)  # usage errors before the imports
     require_web_stack()
     from libra_edge.engine import Guard
     from libra_edge.serve.app import ServeConfig, bind, make_app, run_server
     from libra_edge.serve.results import ResultLog
 
-    opts = guard_options(args)
     try:
         sock = bind(args.host, args.port)
     except OSError as exc:
         raise LibraError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     host, port = sock.getsockname()[:2]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-    with sock, Guard.load(args.model, max_new_tokens=args.max_tokens, long=args.long, normalize=args.normalize,
-                          parallel=args.parallel, **opts) as guard:
+    with sock, Guard.load(args.model, settings) as guard:
         log = ResultLog.open(guard, url) if args.log_results else None
         config = ServeConfig(api_key=key, queue=args.queue, max_body=args.max_body, max_chars=args.max_chars)
         app = make_app(guard, config, log)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from libra_edge.cli.common import add_model_options, guard_options, help_from_doc
+from libra_edge.cli.common import add_model_options, engine_settings, help_from_doc
 from libra_edge.errors import LibraError
 
 EPILOG = """\
@@ -41,8 +41,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--db", metavar="PATH", type=Path,
                    help="results database (default: libra-edge.db in the libra-edge home)")
-    p.add_argument("--max-tokens", type=int, default=256, metavar="N",
-                   help="longest analysis in tokens (default: 256, as the authors)")
     p.add_argument("--reviewer", metavar="NAME",
                    help="who records review decisions (default: $LIBRA_EDGE_REVIEWER, else the OS user)")
     add_model_options(p)
@@ -52,12 +50,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     # Textual is imported here, not at registration: `libra-edge --help` stays instant and
     # the headless commands never load it.
-    from libra_edge.engine.settings import EngineSettings
     from libra_edge.tui.app import make_app
 
-    if args.max_tokens < 1:
-        raise LibraError(f"--max-tokens: must be at least 1, got {args.max_tokens}")
-    settings = EngineSettings().replace(**guard_options(args), max_new_tokens=args.max_tokens)
+    settings = engine_settings(args)
     if args.db is not None and args.db.is_dir():
         raise LibraError(f"--db {args.db}: is a folder, expected a database file")
     if args.reviewer is not None and not args.reviewer.strip():

@@ -12,7 +12,10 @@ decide a verdict are always evaluated in the same blocks, whatever ran before:
 
 A block's KV state is reused only when the sequence (or another sequence, by copy)
 holds exactly the same blocks before it, evaluated the same way: reuse then gives the
-bit-identical state a fresh evaluation would. Blocks never mix sequences.
+bit-identical state a fresh evaluation would. Blocks never mix sequences. The header
+block's state may also come from an earlier process (`Decoder.restore`, saved by the
+header-state cache, engine/header_state.py): the bytes that evaluation wrote, put back
+in the same cells.
 """
 
 from __future__ import annotations
@@ -117,6 +120,40 @@ class Decoder:
             self.ctx.seq_rm(seq, n)
             del self.kv[seq][n:]
         self.blocks[seq] = [b for b in self.blocks[seq] if b.end <= n]
+
+    def held_state(self, seq: int) -> tuple[tuple[Block, ...], bytes]:
+        """The blocks `seq` holds and llama.cpp's bytes for their KV state (the header-state cache).
+
+        `seq` must hold whole blocks and nothing past them, so the bytes are exactly the
+        state those blocks' evaluation wrote.
+        """
+        blocks = tuple(self.blocks[seq])
+        if not blocks or blocks[-1].end != len(self.kv[seq]):
+            raise RuntimeError(f"sequence {seq} holds {len(self.kv[seq])} tokens, not whole blocks")
+        return blocks, llama.seq_state(self.ctx, seq)
+
+    def restore(self, blocks: Sequence[Block], state: bytes, seq: int) -> bool:
+        """Make `seq` hold `blocks` from their saved KV state (`held_state` of an earlier process).
+
+        The bytes are the cells a fresh evaluation of the blocks wrote, put back in the
+        same cells, so what follows computes exactly as after that evaluation. False, and
+        `seq` left empty, when llama.cpp refuses the bytes or they do not hold exactly
+        the blocks' positions.
+        """
+        tokens: list[int] = []
+        for block in blocks:
+            if block.start != len(tokens):
+                raise RuntimeError(f"block at {block.start} after {len(tokens)} tokens")
+            tokens.extend(block.tokens)
+        self.forget(seq)
+        if not tokens or len(tokens) > self.n_ctx_seq or not llama.set_seq_state(self.ctx, seq, state):
+            return False
+        if llama.seq_positions(self.ctx, seq) != (0, len(tokens) - 1):
+            self.ctx.seq_rm(seq, 0)
+            return False
+        self.kv[seq] = tokens
+        self.blocks[seq] = list(blocks)
+        return True
 
     def _room(self, seq: int, n: int) -> None:
         if len(self.kv[seq]) + n > self.n_ctx_seq:

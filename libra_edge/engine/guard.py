@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
 import threading
 import time
 import unicodedata
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, as_completed
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from libra_edge import __version__
 from libra_edge.engine import llama
+from libra_edge.engine import header_state
 from libra_edge.engine.chat import ChatTemplate
 from libra_edge.engine.decoding import Block, CheckCancelled, Decoder, Generation, JsonStringStream
 from libra_edge.engine.scheduler import Request, Scheduler
@@ -25,6 +29,7 @@ from libra_edge.engine.grammar import (
     FRAME_RESERVE_TOKENS,
     MAX_FRAME_TOKENS,
     PAST_VERDICT_QUOTE,
+    VERDICT_GRAMMAR,
     close_json,
     label_first_tokens,
 )
@@ -38,9 +43,11 @@ from libra_edge.engine.prompt import (
     build_user_message,
 )
 from libra_edge.engine.settings import EngineSettings, GpuLayers
+from libra_edge.engine import threads as threads_policy
 from libra_edge.engine.windows import split_windows
 from libra_edge.errors import LibraError, ModelError
 from libra_edge.models.ggufinfo import GGUFInfo, read_model_info
+from libra_edge.verdicts import label_at
 
 # Marks the place where a too-long text was cut to fit the context.
 TRUNCATION_MARK = "\n……\n"
@@ -105,22 +112,8 @@ class Verdict:
 
 
 def default_threads() -> int:
-    """Physical cores where Linux tells them, else logical CPUs available to us."""
-    try:
-        cores = set()
-        phys = core = None
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("physical id"):
-                    phys = line.split(":", 1)[1].strip()
-                elif line.startswith("core id"):
-                    core = line.split(":", 1)[1].strip()
-                    cores.add((phys, core))
-        if cores:
-            return min(len(cores), len(os.sched_getaffinity(0)))
-    except (OSError, AttributeError):
-        pass
-    return max(1, os.cpu_count() or 1)
+    """The threads a Guard runs when not told: the thread policy's (engine/threads.py)."""
+    return threads_policy.default_threads()
 
 
 def gpu_offload_available() -> bool:
@@ -213,7 +206,7 @@ class Guard:
         self._before = self._decoder.tokenize(rendered.before, special=True, add_bos=True)
         self._header = self._header_tokens()
         self._overhead = len(self._prompt_tokens(build_user_message("", "")))
-        self._calibrate()
+        self._ready_header()
 
     def _header_tokens(self) -> list[int]:
         """The header block: the prompt's tokens up to the question, the same for every pair.
@@ -250,6 +243,102 @@ class Guard:
         if middle and ANALYSIS_OPENED.search(pending.gen.text):
             self._middle_draft = middle
         self._decoder.truncate(self._decoder.blocks[0][0].end if self._decoder.blocks[0] else 0, 0)
+
+    # -------------------------------------------------- the header-state cache
+    def _ready_header(self) -> None:
+        """Calibrate (`_calibrate`), or put back what an earlier process saved of it.
+
+        The header block's KV state and the frame drafts are a function of the model file,
+        the llama.cpp build and the verdict settings the key names (`_state_key`): the
+        first process to load a model saves them (engine/header_state.py), the next ones
+        restore them: the same bytes in the same cells, so every score is bit-identical.
+        A file that does not match exactly is ignored and rewritten; `--verbose` says so
+        in one line on stderr; a data folder that cannot be written costs only the time.
+        """
+        if not header_state.enabled():
+            self._calibrate()
+            return
+        key = self._state_key()
+        path = header_state.path_for(key)
+        why = self._restore_header(path, key)
+        if why is None:
+            self._note(f"header state restored from {path}")
+            return
+        self._calibrate()
+        try:
+            blocks, state = self._decoder.held_state(0)
+            header_state.write(path, key, header_state.HeaderState(
+                header=blocks[0].tokens, opening_draft=tuple(self._opening_draft),
+                middle_draft=tuple(self._middle_draft), state=state))
+        except (OSError, RuntimeError) as exc:
+            saved = f"not saved ({getattr(exc, 'strerror', None) or exc})"
+        else:
+            saved = f"saved to {path}"
+        self._note(f"header state {saved}" if why == "" else f"header state {path} ignored: {why}; rebuilt, {saved}")
+
+    def _restore_header(self, path: Path, key: dict[str, Any]) -> str | None:
+        """Restore the saved header state: None when done, else why not ("" when there is none)."""
+        try:
+            saved = header_state.read(path, key, n_vocab=self._decoder.n_vocab)
+        except FileNotFoundError:
+            return ""
+        except header_state.Rejected as exc:
+            return str(exc)
+        # The block calibration evaluates (the calibration pair's header block).
+        expected = self._prepare(*CALIBRATION_PAIR).blocks[0]
+        if saved.header != expected.tokens:
+            return "its header block is not this prompt's"
+        if not self._decoder.restore([expected], saved.state, 0):
+            return "llama.cpp refused its state"
+        self._opening_draft = list(saved.opening_draft)
+        self._middle_draft = list(saved.middle_draft)
+        return None
+
+    def _state_key(self) -> dict[str, Any]:
+        """Everything the header state's bytes and the drafts depend on, measured.
+
+        The model file, the libra-edge and llama.cpp builds (library files, SIMD features,
+        the CPU kernels chosen), the KV layout, GPU offload, and what calibration reads:
+        its prompt tokens, the starting drafts, the grammar, the label tokens and the
+        threshold (which decides the calibration pair's label, so the middle draft), and
+        the number of sequences (llama.cpp's bytes for one sequence name every KV stream
+        of the context, one per sequence). Not the thread count or the context size: the
+        saved bytes were compared across them (1 and 2 threads, 512 to 8192 tokens per
+        sequence; tests/test_header_cache.py) and are the same.
+        """
+        calibration = {
+            "prompt": self._prompt_tokens(build_user_message(*CALIBRATION_PAIR)),
+            "header": self._header,
+            "opening_draft": self._opening_draft,
+            "middle_draft": self._middle_draft,
+            "labels": {k: v.tolist() for k, v in sorted(self.label_tokens.items())},
+            "grammar": VERDICT_GRAMMAR,
+            "max_frame_tokens": MAX_FRAME_TOKENS,
+        }
+        digest = hashlib.sha256(json.dumps(calibration, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        return {
+            "model_sha256": self.model_sha256,
+            "libra_edge": __version__,
+            "prompt_template_version": PROMPT_TEMPLATE_VERSION,
+            "llama_cpp_python": llama.version(),
+            "build": llama.build_features(),
+            "cpu_variant": llama.cpu_variant() or "built-in",
+            "libraries": hashlib.sha256(llama.library_identity().encode()).hexdigest()[:16],
+            "kv_layout": llama.kv_layout(),
+            "gpu_layers": int(self.settings.gpu_layers),
+            "n_seq": self._decoder.n_seq,
+            "threshold": float(self.settings.threshold),
+            "calibration": digest,
+        }
+
+    def _note(self, line: str) -> None:
+        """One line on stderr with `verbose` (the convention of llama.cpp's own logs); else nothing."""
+        if self.settings.verbose:
+            try:
+                sys.stderr.write(f"libra-edge: {line}\n")
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
 
     # ----------------------------------------------------------------- loading
     @classmethod
@@ -619,7 +708,7 @@ class Guard:
         gen.prefill_s = time.perf_counter() - t_prefill
         self._last_opening = gen.tokens[:]  # the frame the model chose (tests read it)
         score = self._score(logits)
-        label = UNSAFE if score >= self.threshold else SAFE
+        label = label_at(score, self.threshold)  # the one rule: unsafe at or above the threshold
         pending = _Pending(gen, len(prep.prompt), label, score, truncated, t0)
         if not analysis:
             return pending

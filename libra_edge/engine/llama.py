@@ -17,7 +17,7 @@ import ctypes
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
@@ -47,15 +47,19 @@ def lib() -> ModuleType:
     """The `llama_cpp` module, imported on first use (loading the library is not free)."""
     global _lib
     if _lib is None:
-        import llama_cpp
+        # -- threads (issue 28): libgomp reads its wait policy when it loads, which is here.
+        from libra_edge.engine.threads import wait_policy_while_loading
 
-        _lib = llama_cpp
-        set_logging(_verbose)  # before the backends load: they log as they do
-        try:
-            _load_backends(Path(llama_cpp.__file__).parent / "lib")
-        except BaseException:
-            _lib = None
-            raise
+        with wait_policy_while_loading():
+            import llama_cpp
+
+            _lib = llama_cpp
+            set_logging(_verbose)  # before the backends load: they log as they do
+            try:
+                _load_backends(Path(llama_cpp.__file__).parent / "lib")
+            except BaseException:
+                _lib = None
+                raise
         llama_cpp.llama_backend_init()
     return _lib
 
@@ -577,13 +581,253 @@ def open_model(path: Path, *, gpu_layers: int, mmap: bool, ctx_per_seq: int, n_s
     return model, ctx
 
 
+# ------------------------------------------------ sequence state (the header-state cache)
+# engine/header_state.py keeps the header block's KV state between processes: llama.cpp's
+# sequence-state API copies one sequence's cells (positions, then each layer's K and V
+# rows in the cache's own type) out of the context and back into a fresh one. What the
+# bytes depend on besides the model and the build is the KV layout, fixed here (Context
+# sets flash attention off and one stream per sequence, and leaves the KV types at
+# llama.cpp's default, F16): `kv_layout()` names it for the cache's key.
+def kv_layout() -> dict[str, Any]:
+    """The KV cache's layout every Context has (keep in step with `Context.__init__`)."""
+    ll = lib()
+    params = ll.llama_context_default_params()
+    return {"type_k": int(params.type_k), "type_v": int(params.type_v), "kv_unified": False,
+            "flash_attn": int(ll.LLAMA_FLASH_ATTN_TYPE_DISABLED), "n_ubatch": UBATCH}
+
+
+def library_identity() -> str:
+    """Which llama.cpp libraries this process runs: each file's name, size and mtime (a reinstall differs)."""
+    lib_dir = Path(str(lib().__file__)).parent / "lib"
+    parts = []
+    for p in sorted(lib_dir.glob("lib*")):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        parts.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
+    return ";".join(parts)
+
+
+def seq_state(ctx: Context, seq: int) -> bytes:
+    """The KV state of sequence `seq`, as llama.cpp serializes it (`llama_state_seq_get_data`)."""
+    ll = lib()
+    size = int(ll.llama_state_seq_get_size(ctx.ptr, seq))
+    buf = (ctypes.c_uint8 * max(1, size))()
+    n = int(ll.llama_state_seq_get_data(ctx.ptr, buf, size, seq))
+    if n <= 0 or n > size:
+        raise RuntimeError(f"llama.cpp could not copy sequence {seq}'s state ({n} of {size} bytes)")
+    return ctypes.string_at(buf, n)
+
+
+def set_seq_state(ctx: Context, seq: int, data: bytes) -> bool:
+    """Put `data` (from `seq_state`) into sequence `seq`; False, `seq` left empty, if llama.cpp refuses."""
+    ll = lib()
+    buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+    if int(ll.llama_state_seq_set_data(ctx.ptr, buf, len(data), seq)) == 0:
+        ctx.seq_rm(seq, 0)
+        return False
+    return True
+
+
+def seq_positions(ctx: Context, seq: int) -> tuple[int, int]:
+    """The first and last position sequence `seq` holds ((-1, -1) when it is empty)."""
+    ll = lib()
+    return (int(ll.llama_memory_seq_pos_min(ctx._memory, seq)),
+            int(ll.llama_memory_seq_pos_max(ctx._memory, seq)))
+
+
 # ----------------------------------------------------------------------- quantizing
-def quantize(src: Path, dst: Path, ftype_name: str, *, threads: int) -> int:
-    """llama.cpp's quantizer (`llama-quantize`) run in process; 0 on success."""
+def quantize(src: Path, dst: Path, ftype_name: str, *, threads: int,
+             imatrix: Mapping[str, np.ndarray] | None = None) -> int:
+    """llama.cpp's quantizer (`llama-quantize`) run in process; 0 on success.
+
+    `imatrix` (tensor name -> float32 importance per column) goes in through
+    `llama_model_quantize_params.imatrix`, a plain C array of (name, data, size) in this
+    llama.cpp: the reference the project's own quantizer (`convert.quantize`) is tested
+    against, byte for byte.
+    """
     ll = lib()
     params = ll.llama_model_quantize_default_params()
     set_fields(params, ftype=getattr(ll, ftype_name), nthread=threads)
+    keep: list[Any] = []
+    if imatrix is not None:
+        entries = (ll.llama_model_imatrix_data * (len(imatrix) + 1))()
+        for i, (name, values) in enumerate(imatrix.items()):
+            arr = np.ascontiguousarray(values, dtype=np.float32)
+            keep.append(arr)
+            entries[i].name = name.encode("utf-8")
+            entries[i].data = arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            entries[i].size = arr.size
+        entries[len(imatrix)].name = None  # the end of the list
+        keep.append(entries)
+        set_fields(params, imatrix=ctypes.cast(entries, ctypes.POINTER(ll.llama_model_imatrix_data)))
     return int(ll.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params)))
+
+
+# ==================================================== per-tensor quantizer (issue 26, Q)
+# `convert.quantize` quantizes tensor by tensor through ggml's own C function
+# `ggml_quantize_chunk(type, src, dst, start, nrows, n_per_row, imatrix)`, which takes a
+# plain float array of column importances, and writes the GGUF itself. ggml's functions
+# live in libggml-base. A wheel holds no symlinks, so `libggml-base.so` and
+# `libggml-base.so.0` are two copies of it: the one used is the copy libllama was linked
+# with and the dynamic linker has already mapped (found in /proc/self/maps), else its soname.
+_ggml_base: ctypes.CDLL | None = None
+
+
+class _GGMLInitParams(ctypes.Structure):
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+
+def _ggml_base_path(lib_dir: Path) -> Path:
+    """The libggml-base file this process already runs (libllama's dependency)."""
+    mapped = _loaded_path("libggml-base", lib_dir)
+    if mapped.is_file():
+        return mapped
+    for name in ("libggml-base.so.0", "libggml-base.so", "libggml-base.0.dylib", "libggml-base.dylib",
+                 "ggml-base.dll"):
+        if (lib_dir / name).is_file():
+            return lib_dir / name
+    raise BackendError(f"{lib_dir}: no libggml-base library beside libllama")
+
+
+def ggml_base() -> ctypes.CDLL:
+    """ggml's base library (types, quantization), with the signatures the quantizer calls."""
+    global _ggml_base
+    if _ggml_base is None:
+        ll = lib()  # libllama first: it maps the libggml-base it links
+        g = ctypes.CDLL(os.fspath(_ggml_base_path(Path(str(ll.__file__)).parent / "lib")))
+        g.ggml_quantize_chunk.restype = ctypes.c_size_t
+        g.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                          ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+        g.ggml_validate_row_data.restype = ctypes.c_bool
+        g.ggml_validate_row_data.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+        g.ggml_row_size.restype = ctypes.c_size_t
+        g.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
+        g.ggml_blck_size.restype = ctypes.c_int64
+        g.ggml_blck_size.argtypes = [ctypes.c_int]
+        g.ggml_type_name.restype = ctypes.c_char_p
+        g.ggml_type_name.argtypes = [ctypes.c_int]
+        g.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
+        g.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
+        g.ggml_init.restype = ctypes.c_void_p
+        g.ggml_init.argtypes = [_GGMLInitParams]
+        g.ggml_free.restype = None
+        g.ggml_free.argtypes = [ctypes.c_void_p]
+        g.ggml_new_tensor.restype = ctypes.c_void_p
+        g.ggml_new_tensor.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_int64)]
+        g.ggml_set_name.restype = ctypes.c_void_p
+        g.ggml_set_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        _ggml_base = g
+    return _ggml_base
+
+
+def ggml_type_name(ggml_type: int) -> str:
+    """ggml's name of a tensor type ("q4_K", "f16"...)."""
+    return str(ggml_base().ggml_type_name(ggml_type).decode())
+
+
+def ggml_row_size(ggml_type: int, n_per_row: int) -> int:
+    """Bytes of one row of `n_per_row` elements in `ggml_type`."""
+    return int(ggml_base().ggml_row_size(ggml_type, n_per_row))
+
+
+def ggml_block_size(ggml_type: int) -> int:
+    """Elements per block of `ggml_type` (a row length must be a multiple of it)."""
+    return int(ggml_base().ggml_blck_size(ggml_type))
+
+
+def quantize_rows(ggml_type: int, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    """`rows` (float32, nrows x n_per_row) quantized to `ggml_type`: the bytes, validated.
+
+    Rows are independent: quantizing a tensor in slabs of rows gives the bytes one call
+    would. `imatrix` (float32, n_per_row) weighs each column's error; None quantizes as
+    llama.cpp does without one. Releases the GIL (threads may call it in parallel).
+    """
+    g = ggml_base()
+    src = np.ascontiguousarray(rows, dtype=np.float32)
+    nrows, n_per_row = src.shape
+    out = np.empty(nrows * ggml_row_size(ggml_type, n_per_row), dtype=np.uint8)
+    imat = None
+    if imatrix is not None:
+        imat = np.ascontiguousarray(imatrix, dtype=np.float32)
+        if imat.shape != (n_per_row,):
+            raise ValueError(f"importance matrix of {imat.size} values for rows of {n_per_row}")
+    size = int(g.ggml_quantize_chunk(ggml_type, src.ctypes.data, out.ctypes.data, 0, nrows, n_per_row,
+                                     None if imat is None else imat.ctypes.data))
+    if size != out.size:
+        raise RuntimeError(f"ggml_quantize_chunk wrote {size} bytes, expected {out.size}")
+    if not g.ggml_validate_row_data(ggml_type, out.ctypes.data, size):
+        raise RuntimeError("quantized data validation failed")
+    return out
+
+
+def reference_tensor_types(
+    arch: str, *, n_embd: int, n_ff: int, n_layer: int, n_head: int, n_head_kv: int, n_expert: int,
+    tensors: Sequence[tuple[str, Sequence[int]]], ftype: int,
+) -> list[int]:
+    """llama.cpp's own type choice for each of `tensors` (name, GGUF shape; F32) in `ftype`.
+
+    Through llama.cpp's staging API for testing its quantizer (`llama-ext.h`:
+    `llama_quant_model_from_metadata`, `llama_quant_init`, `llama_quant_compute_types`),
+    which needs no model file: how tests/test_quantize_rules.py checks convert.quant_rules
+    on real model shapes. These are C++ functions, called by their mangled names.
+    """
+    ll = lib()
+    g = ggml_base()
+    cdll = ctypes.CDLL(os.fspath(_loaded_path("libllama", Path(str(ll.__file__)).parent / "lib")))
+
+    class Desc(ctypes.Structure):
+        _fields_ = [("architecture", ctypes.c_char_p), *((f, ctypes.c_uint32) for f in (
+            "n_embd", "n_ff", "n_layer", "n_head", "n_head_kv", "n_expert", "n_embd_head_k", "n_embd_head_v"))]
+
+    head = n_embd // max(1, n_head)
+    desc = Desc(arch.encode(), n_embd, n_ff, n_layer, n_head, n_head_kv, n_expert, head, head)
+    from_metadata = getattr(cdll, "_Z31llama_quant_model_from_metadataPK22llama_quant_model_desc")
+    from_metadata.restype, from_metadata.argtypes = ctypes.c_void_p, [ctypes.POINTER(Desc)]
+    q_init = getattr(cdll, "_Z16llama_quant_initPK11llama_modelPK27llama_model_quantize_params")
+    q_init.restype, q_init.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_void_p]
+    q_free = getattr(cdll, "_Z16llama_quant_freeP19quantize_state_impl")
+    q_free.restype, q_free.argtypes = None, [ctypes.c_void_p]
+    compute = getattr(cdll, "_Z25llama_quant_compute_typesP19quantize_state_impl11llama_ftypePP11ggml_tensorP9ggml_typem")
+    compute.restype = None
+    compute.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p),
+                        ctypes.POINTER(ctypes.c_int), ctypes.c_size_t]
+    model = from_metadata(ctypes.byref(desc))
+    if not model:
+        raise RuntimeError(f"llama.cpp made no model for architecture {arch!r}")
+    params = ll.llama_model_quantize_default_params()
+    set_fields(params, ftype=ftype)
+    ctx = g.ggml_init(_GGMLInitParams(1024 * 1024 + 1024 * len(tensors), None, True))
+    qs = q_init(model, ctypes.byref(params))
+    try:
+        ptrs = (ctypes.c_void_p * len(tensors))()
+        for i, (name, shape) in enumerate(tensors):
+            ne = (ctypes.c_int64 * len(shape))(*shape)
+            ptrs[i] = g.ggml_new_tensor(ctx, 0, len(shape), ne)  # F32, no data
+            g.ggml_set_name(ptrs[i], name.encode())
+        out = (ctypes.c_int * len(tensors))()
+        compute(qs, ftype, ptrs, out, len(tensors))
+        return list(out)
+    finally:
+        q_free(qs)
+        g.ggml_free(ctx)
+        ll.llama_model_free(model)
+
+
+def _loaded_path(stem: str, lib_dir: Path) -> Path:
+    """The file of library `stem` this process has mapped (else `stem.so` beside llama_cpp)."""
+    maps = Path("/proc/self/maps")
+    try:
+        lines = maps.read_text(encoding="utf-8", errors="replace").splitlines() if maps.is_file() else []
+    except OSError:
+        lines = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and Path(fields[5]).name.startswith(stem + ".") and Path(fields[5]).is_file():
+            return Path(fields[5])
+    return lib_dir / f"{stem}.so"
+# ============================================== end of the per-tensor quantizer section
 
 
 # ------------------------------------------------------------------------- baseline
@@ -649,3 +893,173 @@ def _last_logits(
     finally:
         llm.close()
     return rows, tokenized
+
+
+# ------------------------------------------- importance matrix: cb_eval (convert/imatrix.py)
+# llama.cpp's evaluation callback (`cb_eval` in the context parameters) shows the caller
+# every node of the graph before (ask=True) and after (ask=False) it is computed. The
+# importance matrix reads the input (src1) of each matrix multiply by a weight, as
+# llama.cpp's `imatrix` tool does. `struct ggml_tensor` of the ggml inside
+# llama-cpp-python 0.3.36 (ggml/include/ggml.h), checked against ggml's own size below.
+GGML_MAX_DIMS, GGML_MAX_SRC, GGML_MAX_OP_PARAMS, GGML_MAX_NAME = 4, 10, 64, 64
+GGML_TYPE_F32 = 0
+
+
+class GGMLTensor(ctypes.Structure):
+    """`struct ggml_tensor` (read-only use: op, name, src, ne, nb, type, buffer, data)."""
+
+
+GGMLTensor._fields_ = [
+    ("type", ctypes.c_int),
+    ("buffer", ctypes.c_void_p),
+    ("ne", ctypes.c_int64 * GGML_MAX_DIMS),
+    ("nb", ctypes.c_size_t * GGML_MAX_DIMS),
+    ("op", ctypes.c_int),
+    ("op_params", ctypes.c_int32 * (GGML_MAX_OP_PARAMS // 4)),
+    ("flags", ctypes.c_int32),
+    ("src", ctypes.POINTER(GGMLTensor) * GGML_MAX_SRC),
+    ("view_src", ctypes.POINTER(GGMLTensor)),
+    ("view_offs", ctypes.c_size_t),
+    ("data", ctypes.c_void_p),
+    ("name", ctypes.c_char * GGML_MAX_NAME),
+    ("extra", ctypes.c_void_p),
+    ("padding", ctypes.c_char * 8),
+]
+
+_cb_eval_base: ctypes.CDLL | None = None  # (not `_ggml_base`: the quantizer's section has that)
+
+
+def _ggml_base_lib() -> ctypes.CDLL:
+    """ggml-base, the copy libllama itself is linked with (by soname: see `_load_backends`)."""
+    global _cb_eval_base
+    if _cb_eval_base is None:
+        import llama_cpp
+
+        lib()
+        lib_dir = Path(llama_cpp.__file__).parent / "lib"
+        suffix = ".dll" if sys.platform == "win32" else ".so"
+        soname = lib_dir / f"libggml-base{suffix}.0"
+        base = ctypes.CDLL(os.fspath(soname if soname.is_file() else lib_dir / f"libggml-base{suffix}"))
+        base.ggml_op_name.restype = ctypes.c_char_p
+        base.ggml_op_name.argtypes = [ctypes.c_int]
+        base.ggml_backend_buffer_is_host.restype = ctypes.c_bool
+        base.ggml_backend_buffer_is_host.argtypes = [ctypes.c_void_p]
+        base.ggml_backend_tensor_get.restype = None
+        base.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+        base.ggml_nbytes.restype = ctypes.c_size_t
+        base.ggml_nbytes.argtypes = [ctypes.c_void_p]
+        base.ggml_tensor_overhead.restype = ctypes.c_size_t
+        base.ggml_tensor_overhead.argtypes = []
+        # ggml_tensor_overhead() = sizeof(struct ggml_object) (32 bytes) + sizeof(struct ggml_tensor)
+        expected = int(base.ggml_tensor_overhead()) - 32
+        if expected != ctypes.sizeof(GGMLTensor):
+            raise RuntimeError(
+                f"llama-cpp-python {version()}: struct ggml_tensor is {expected} bytes, libra-edge's "
+                f"binding {ctypes.sizeof(GGMLTensor)} (built against {PINNED_VERSION})"
+            )
+        _cb_eval_base = base
+    return _cb_eval_base
+
+
+def _weight_name(raw: bytes) -> str:
+    """A weight's name without a backend's decoration (`CUDA0#blk.0.attn_k.weight#0` -> `blk.0.attn_k.weight`)."""
+    name = raw.decode("utf-8", errors="replace")
+    if "#" in name:
+        name = name.split("#", 2)[1]
+    return name
+
+
+# (weight name, src1 as float32 [ne3, ne2, ne1, ne0] (a copy), weight's ne[2], ne[3])
+MatmulSink = Callable[[str, np.ndarray, int, int], None]
+
+
+def collect_matmul_inputs(model: Model, token_lists: Sequence[Sequence[int]], sink: MatmulSink, *,
+                          threads: int, min_rows: int = 16,
+                          progress: Callable[[int, int], None] | None = None) -> None:
+    """Evaluate each token list from an empty context; `sink` gets every `blk.*` matmul's input.
+
+    The selection is llama.cpp's imatrix tool's (tools/imatrix/imatrix.cpp, `collect_imatrix`):
+    GGML_OP_MUL_MAT nodes whose weight is named `blk.*` (so not `output.weight` nor a tied
+    `token_embd.weight`), whose input is F32 with at least `min_rows` (16) rows. As there,
+    every token's logits are requested, so the last layer runs on every token. Each list is
+    one micro-batch (the context is sized to the longest), so a matmul sees the whole prompt.
+    """
+    on_compute_thread(lambda: _collect_matmul_inputs(model, token_lists, sink, threads=threads,
+                                                     min_rows=min_rows, progress=progress))
+
+
+def _collect_matmul_inputs(model: Model, token_lists: Sequence[Sequence[int]], sink: MatmulSink, *,
+                           threads: int, min_rows: int, progress: Callable[[int, int], None] | None) -> None:
+    ll = lib()
+    base = _ggml_base_lib()
+    op_names: dict[int, str] = {}
+    failure: list[BaseException] = []
+
+    def op_name(op: int) -> str:
+        name = op_names.get(op)
+        if name is None:
+            name = op_names[op] = (base.ggml_op_name(op) or b"").decode()
+        return name
+
+    def callback(t_ptr: int, ask: bool, user_data: Any) -> bool:
+        try:
+            t = GGMLTensor.from_address(t_ptr)
+            if op_name(t.op) != "MUL_MAT" or not t.src[0] or not t.src[1]:
+                return not ask  # ask: not interested; after: keep computing
+            src0, src1 = t.src[0].contents, t.src[1].contents
+            if not _weight_name(src0.name).startswith("blk.") or src1.ne[1] < min_rows or src1.type != GGML_TYPE_F32:
+                return not ask
+            if ask:
+                return True
+            sink(_weight_name(src0.name), _tensor_f32(base, src1), int(src0.ne[2]), int(src0.ne[3]))
+            return True
+        except BaseException as exc:  # never unwind through C: stop the graph, re-raise below
+            failure.append(exc)
+            return False
+
+    cb = ll.ggml_backend_sched_eval_callback(callback)
+    longest = max((len(t) for t in token_lists), default=1)
+    n_ctx = max(256, -(-longest // 256) * 256)
+    params = ll.llama_context_default_params()
+    set_fields(params, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=threads, n_threads_batch=threads,
+               n_seq_max=1, no_perf=True, flash_attn_type=ll.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+               cb_eval=cb, cb_eval_user_data=None)
+    ctx = ll.llama_init_from_model(model.ptr, params)
+    if not ctx:
+        raise LoadError("llama.cpp could not create a context for the importance matrix (out of memory?)")
+    batch = ll.llama_batch_init(n_ctx, 0, 1)
+    try:
+        memory = ll.llama_get_memory(ctx)
+        for done, tokens in enumerate(token_lists):
+            ll.llama_memory_clear(memory, True)
+            for i, tok in enumerate(tokens):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, i, 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = True
+            batch.n_tokens = len(tokens)
+            rc = ll.llama_decode(ctx, batch)
+            if failure:
+                raise failure[0]
+            if rc != 0:
+                raise RuntimeError(f"llama_decode failed with code {rc}")
+            if progress is not None:
+                progress(done + 1, len(token_lists))
+    finally:
+        ll.llama_batch_free(batch)
+        ll.llama_free(ctx)
+        del cb
+
+
+def _tensor_f32(base: ctypes.CDLL, t: GGMLTensor) -> np.ndarray:
+    """A copy of an F32 tensor's elements as [ne3, ne2, ne1, ne0] (host memory or a backend's)."""
+    ne = [int(t.ne[i]) for i in range(GGML_MAX_DIMS)]
+    nb = [int(t.nb[i]) for i in range(GGML_MAX_DIMS)]
+    nbytes = int(base.ggml_nbytes(ctypes.addressof(t)))
+    if base.ggml_backend_buffer_is_host(t.buffer):
+        raw: Any = (ctypes.c_char * nbytes).from_address(int(t.data))
+    else:
+        raw = ctypes.create_string_buffer(nbytes)
+        base.ggml_backend_tensor_get(ctypes.addressof(t), raw, 0, nbytes)
+    view = np.ndarray(shape=tuple(reversed(ne)), dtype=np.float32, buffer=raw, strides=tuple(reversed(nb)))
+    out: np.ndarray = view.copy()
+    return out

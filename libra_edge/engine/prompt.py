@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+# The labels belong to the verdict rules (`libra_edge.verdicts`); the prompt spells them.
+from libra_edge.verdicts import LABELS as LABELS
+from libra_edge.verdicts import SAFE as SAFE
+from libra_edge.verdicts import UNSAFE as UNSAFE
+
 # Bump when the text below changes; stored with every run and in converted GGUFs
 # (`libra_edge.prompt_template`) so results stay traceable to the prompt that made them.
 PROMPT_TEMPLATE_VERSION = "libra-guard-v1"
@@ -28,9 +33,6 @@ PROMPT_HEADER = (
 QUESTION_PREFIX = "人类的问题："
 RESPONSE_PREFIX = "大语言模型的回答："
 
-SAFE = "安全"
-UNSAFE = "不安全"
-LABELS = (SAFE, UNSAFE)
 
 
 def build_user_message(question: str, response: str) -> str:

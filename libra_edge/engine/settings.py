@@ -11,10 +11,29 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from libra_edge.errors import LibraError
+from libra_edge.verdicts import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_THRESHOLD,
+    MIN_CTX_PER_SEQ,
+    THRESHOLD_RANGE,
+    valid_threshold,
+)
 
 GpuLayers = int | str
 LongMode = Literal["chunk", "truncate"]
 LONG_MODES: tuple[str, ...] = ("chunk", "truncate")
+
+
+class SettingError(LibraError):
+    """A setting out of its range: `setting` names the field, `problem` says what is wrong.
+
+    The message is `setting: problem`; a command line names its flag instead (`--ctx: ...`).
+    """
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting}: {problem}")
+        self.setting = setting
+        self.problem = problem
 
 
 def _setting(default: Any, *, verdict: bool, doc: str) -> Any:
@@ -30,8 +49,8 @@ class EngineSettings:
     """
 
     ctx_per_seq: int = _setting(4096, verdict=True, doc="context tokens of each sequence (decides truncation and windows)")
-    threshold: float = _setting(0.5, verdict=True, doc="P(unsafe) at or above which the verdict is 不安全")
-    max_new_tokens: int = _setting(256, verdict=True, doc="longest analysis, in tokens")
+    threshold: float = _setting(DEFAULT_THRESHOLD, verdict=True, doc="P(unsafe) at or above which the verdict is 不安全")
+    max_new_tokens: int = _setting(DEFAULT_MAX_NEW_TOKENS, verdict=True, doc="longest analysis, in tokens")
     long: str = _setting("chunk", verdict=True, doc="a response too long for the context: chunk (judge every window) or truncate (head and tail)")
     normalize: bool = _setting(True, verdict=True, doc="NFKC, drop zero-width/bidi controls, fold full-width ASCII in the judged text")
     gpu_layers: GpuLayers = _setting("auto", verdict=True, doc="layers offloaded to a GPU (GPU arithmetic differs from the CPU's)")
@@ -41,18 +60,18 @@ class EngineSettings:
     verbose: bool = _setting(False, verdict=False, doc="show llama.cpp's own logs")
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise LibraError(f"threshold must be between 0 and 1, got {self.threshold}")
+        if not valid_threshold(self.threshold):
+            raise SettingError("threshold", f"{THRESHOLD_RANGE}, got {self.threshold!r}")
         if not 1 <= self.parallel <= 64:
-            raise LibraError(f"parallel must be between 1 and 64, got {self.parallel}")
-        if self.ctx_per_seq < 256:
-            raise LibraError(f"context per sequence must be at least 256 tokens, got {self.ctx_per_seq}")
+            raise SettingError("parallel", f"must be between 1 and 64, got {self.parallel}")
+        if self.ctx_per_seq < MIN_CTX_PER_SEQ:
+            raise SettingError("ctx_per_seq", f"must be at least {MIN_CTX_PER_SEQ} tokens, got {self.ctx_per_seq}")
         if self.max_new_tokens < 1:
-            raise LibraError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+            raise SettingError("max_new_tokens", f"must be at least 1, got {self.max_new_tokens}")
         if self.long not in LONG_MODES:
-            raise LibraError(f"long: expected chunk or truncate, got {self.long!r}")
+            raise SettingError("long", f"expected chunk or truncate, got {self.long!r}")
         if self.threads is not None and self.threads < 1:
-            raise LibraError(f"threads must be at least 1, got {self.threads}")
+            raise SettingError("threads", f"must be at least 1, got {self.threads}")
 
     # ----------------------------------------------------------------- declarations
     @classmethod

@@ -1,4 +1,10 @@
-"""The sha256 of a model file, from its manifest when installed, else hashed once and cached."""
+"""The sha256 of a file, hashed once and cached; of a model file, from its manifest when installed.
+
+The one hash of every file libra-edge names by digest: a run's model (its fingerprint and
+provenance, `Guard.model_sha256`, each cluster actor's check of its own copy), a `serve`
+run's, and the inputs a report lists. One cache, keyed by path, size and mtime, so a file
+is read once until it changes, whoever asks.
+"""
 
 from __future__ import annotations
 
@@ -14,20 +20,10 @@ def _cache_path() -> Path:
     return paths.home() / "cache" / "sha256.json"
 
 
-def model_sha256(path: Path) -> str:
-    """sha256 hex digest of `path`: a manifest beside it, else a cache keyed by size and mtime."""
-    from libra_edge.models.manifest import load_manifest, manifest_path_for
-
+def file_sha256(path: Path) -> str:
+    """sha256 hex digest of the file at `path`, from the cache while its size and mtime hold."""
     path = Path(path).resolve()
     st = path.stat()
-    manifest = manifest_path_for(path)
-    if manifest.exists():
-        try:
-            m = load_manifest(manifest)
-            if m.size == st.st_size:
-                return m.sha256
-        except Exception:  # a damaged manifest: hash the file instead
-            pass
     key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
     cache_file = _cache_path()
     try:
@@ -51,3 +47,19 @@ def model_sha256(path: Path) -> str:
     except OSError:
         pass  # a read-only data folder: hash again next time
     return value
+
+
+def model_sha256(path: Path) -> str:
+    """sha256 of a model file: its installed manifest's (when the size agrees), else `file_sha256`."""
+    from libra_edge.models.manifest import load_manifest, manifest_path_for
+
+    path = Path(path).resolve()
+    manifest = manifest_path_for(path)
+    if manifest.exists():
+        try:
+            m = load_manifest(manifest)
+            if m.size == path.stat().st_size:
+                return m.sha256
+        except Exception:  # a damaged manifest: hash the file instead
+            pass
+    return file_sha256(path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import mmap
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 from typing import Union
@@ -93,6 +93,9 @@ class GGUFHeader:
     tensors: tuple[TensorInfo, ...]
     alignment: int
     data_offset: int  # where the (aligned) tensor data begins
+    # Where each metadata entry (key, type tag and value) lies in the file: [start, end).
+    # The quantizer copies entries byte for byte from them (convert/quantize.py).
+    kv_spans: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def read_header(path: str | Path, *, array_values: bool = False) -> GGUFHeader:
@@ -139,11 +142,14 @@ class _Parser:
         n_kv = self._scalar(ValueType.UINT64, "the metadata count")
         metadata: dict[str, GGUFValue] = {}
         types: dict[str, ValueType] = {}
+        spans: dict[str, tuple[int, int]] = {}
         for _ in range(int(n_kv)):
+            start = self.pos
             key = self._string("a metadata key")
             vtype = self._type(f"the type of {key!r}")
             metadata[key] = self._value(vtype, key)
             types[key] = vtype
+            spans[key] = (start, self.pos)
         tensors = tuple(self._tensor_info() for _ in range(int(n_tensors)))
         alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
         if "general.alignment" in types and types["general.alignment"] != ValueType.UINT32:
@@ -151,7 +157,7 @@ class _Parser:
         if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
             raise GGUFFormatError(f"general.alignment {alignment!r} is not a power of two")
         data_offset = -(-self.pos // alignment) * alignment
-        return GGUFHeader(version, self.order, metadata, types, tensors, alignment, data_offset)
+        return GGUFHeader(version, self.order, metadata, types, tensors, alignment, data_offset, spans)
 
     def _take(self, n: int, what: str) -> bytes:
         end = self.pos + n

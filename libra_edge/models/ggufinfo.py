@@ -23,7 +23,37 @@ from libra_edge.models.gguf_header import (
 SUPPORTED_ARCHITECTURES = ("qwen2", "llama", "qwen")
 
 # Scalar metadata worth showing in `models info`; arrays (vocabulary, merges) are skipped.
-_SHOWN_PREFIXES = ("general.", "tokenizer.ggml.model", "tokenizer.ggml.pre", "libra_edge.")
+_SHOWN_PREFIXES = ("general.", "tokenizer.ggml.model", "tokenizer.ggml.pre", "libra_edge.", "quantize.")
+
+# What a file quantized with an importance matrix says about it: llama-quantize's keys
+# (tools/quantize/quantize.cpp) and libra-edge's calibration-set digest (convert/pipeline.py).
+KEY_IMATRIX_FILE = "quantize.imatrix.file"
+KEY_IMATRIX_DATASET = "quantize.imatrix.dataset"
+KEY_IMATRIX_ENTRIES = "quantize.imatrix.entries_count"
+KEY_IMATRIX_CHUNKS = "quantize.imatrix.chunks_count"
+KEY_IMATRIX_SHA256 = "libra_edge.imatrix.calibration_sha256"
+
+
+@dataclass(frozen=True)
+class ImatrixInfo:
+    """The importance matrix a GGUF was quantized with, as its metadata records it."""
+
+    file: str | None  # the imatrix file's name
+    dataset: str | None  # the calibration set's name
+    calibration_sha256: str | None  # libra-edge's files only
+    entries: int | None
+    chunks: int | None
+
+    def line(self) -> str:
+        """`libra_calibration.jsonl (sha256 1a2b3c4d5e6f…), 168 tensors, 73 prompts`."""
+        parts = [self.dataset or self.file or "an importance matrix"]
+        if self.calibration_sha256:
+            parts[0] += f" (sha256 {self.calibration_sha256[:12]}…)"
+        if self.entries is not None:
+            parts.append(f"{self.entries} tensors")
+        if self.chunks:
+            parts.append(f"{self.chunks} prompts")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -46,6 +76,7 @@ class GGUFInfo:
     vocab_size: int
     chat_template: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    imatrix: ImatrixInfo | None = None  # set when the file was quantized with an importance matrix
 
     @property
     def has_tokenizer(self) -> bool:
@@ -179,7 +210,26 @@ def _info_from_header(path: Path, size: int, header: GGUFHeader) -> GGUFInfo:
         vocab_size=tokens.length if isinstance(tokens, GGUFArray) else 0,
         chat_template=text("tokenizer.chat_template"),
         metadata=shown,
+        imatrix=_imatrix_info(meta),
     )
+
+
+def _imatrix_info(meta: Mapping[str, Any]) -> ImatrixInfo | None:
+    """The `quantize.imatrix.*` entries, when the file has any."""
+    if not any(k in meta for k in (KEY_IMATRIX_FILE, KEY_IMATRIX_DATASET, KEY_IMATRIX_ENTRIES)):
+        return None
+
+    def text(key: str) -> str | None:
+        value = meta.get(key)
+        return value if isinstance(value, str) and value else None
+
+    def integer(key: str) -> int | None:
+        value = meta.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    return ImatrixInfo(file=text(KEY_IMATRIX_FILE), dataset=text(KEY_IMATRIX_DATASET),
+                       calibration_sha256=text(KEY_IMATRIX_SHA256), entries=integer(KEY_IMATRIX_ENTRIES),
+                       chunks=integer(KEY_IMATRIX_CHUNKS))
 
 
 def _guess_quant(tensors: tuple[TensorInfo, ...]) -> str:

@@ -43,7 +43,11 @@ CONVERSION_FILES = [
 
 DEFAULT_QUANT = "q4_k_m"
 # A subset of the converter's `convert.OUTTYPES` (kept here so `--help` stays import-cheap).
-QUANTS = ("q4_k_m", "q4_k_s", "q5_k_m", "q6_k", "q8_0", "f16", "bf16", "f32")
+QUANTS = ("q4_k_m", "q4_k_s", "q5_k_m", "q6_k", "q8_0", "iq4_xs", "q4_0", "f16", "bf16", "f32")
+# The quants `pull` gives an importance matrix by default (`--no-imatrix` turns it off):
+# the K-quants below Q8 and IQ4_XS, where it measurably moves scores toward the
+# checkpoint's (the converter's `outtypes.IMATRIX_DEFAULT_OUTTYPES`, restricted to QUANTS).
+IMATRIX_QUANTS = ("q4_k_m", "q4_k_s", "q5_k_m", "q6_k", "iq4_xs")
 
 _DEFAULT_ENDPOINT = "https://huggingface.co"
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -192,15 +196,24 @@ def _first_line(exc: BaseException) -> str:
     return text[:200]
 
 
-def convert(checkpoint: Checkpoint, out: Path, quant: str) -> Path:
-    """Convert + quantize a downloaded checkpoint with the project's converter (`convert/`)."""
+def uses_imatrix(quant: str, no_imatrix: bool = False) -> bool:
+    """Whether `pull` quantizes `quant` with an importance matrix."""
+    return quant.lower() in IMATRIX_QUANTS and not no_imatrix
+
+
+def convert(checkpoint: Checkpoint, out: Path, quant: str, *, imatrix: bool = False) -> Path:
+    """Convert + quantize a downloaded checkpoint with the project's converter (`convert/`).
+
+    `imatrix`: compute the importance matrix over the shipped calibration set first
+    (`convert --imatrix auto`); it is saved beside `out` as `<name>.imatrix.gguf`.
+    """
     import sys
 
     from libra_edge.convert import convert_checkpoint
 
     result = convert_checkpoint(
         checkpoint.path, out, outtype=quant, source_repo=checkpoint.repo_id,
-        source_revision=checkpoint.commit, progress_stream=sys.stderr,
+        source_revision=checkpoint.commit, progress_stream=sys.stderr, imatrix="auto" if imatrix else None,
     )
     return Path(result.path)
 
@@ -213,9 +226,13 @@ def pull(
     name: str | None = None,
     progress: Progress | None = None,
     say: Callable[[str], None] | None = None,
+    no_imatrix: bool = False,
 ) -> registry.InstalledModel:
     """Download SPEC (known name or repo id), convert to a QUANT GGUF and install it as NAME.
 
+    K-quants below Q8 (and IQ4_XS) are quantized with an importance matrix computed on the
+    shipped calibration set unless `no_imatrix`; the matrix is installed beside the model
+    (`<name>.imatrix.gguf`) and the manifest records the calibration set's sha256.
     SAY receives one line per phase (download, convert, hash) for the user.
     """
     say = say or (lambda _line: None)
@@ -227,10 +244,13 @@ def pull(
     registry.refuse_existing(name)  # before downloading gigabytes
     say(f"downloading {repo_id} ({revision or 'main'}) from {endpoint()} into {hub_cache_dir()}")
     checkpoint = download_checkpoint(repo_id, revision)
-    say(f"converting {repo_id}@{checkpoint.commit[:12]} to GGUF {quant.upper()}")
+    with_imatrix = uses_imatrix(quant, no_imatrix)
+    say(f"converting {repo_id}@{checkpoint.commit[:12]} to GGUF {quant.upper()}"
+        + (" with an importance matrix from the shipped calibration set (one pass of the unquantized "
+           "model; --no-imatrix skips it)" if with_imatrix else ""))
     with registry.staging_dir(name) as scratch:
         stage = scratch / f"{name}.gguf"
-        convert(checkpoint, stage, quant)
+        convert(checkpoint, stage, quant, imatrix=with_imatrix)
         if not stage.is_file():
             raise ConversionError(f"the converter wrote no file at {stage}")
         info = read_model_info(stage)
@@ -244,4 +264,7 @@ def pull(
             name, info, sha, origin="pull", source_repo=repo_id,
             source_revision=checkpoint.revision, source_commit=checkpoint.commit,
         )
-        return registry.commit(stage, manifest)
+        if with_imatrix and manifest.imatrix_calibration_sha256 is None:
+            raise ConversionError(f"{stage}: quantized without the importance matrix it was given")
+        sidecar = registry.imatrix_path(scratch / f"{name}.gguf")
+        return registry.commit(stage, manifest, imatrix=sidecar if sidecar.is_file() else None)

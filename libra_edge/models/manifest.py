@@ -42,6 +42,11 @@ class Manifest:
     imported_from: str | None = None
     context_length: int | None = None
     n_params: int | None = None
+    # Quantized with an importance matrix: from which calibration set (its name and the
+    # sha256 of its file), as the GGUF's metadata records it. None: without one.
+    imatrix_dataset: str | None = None
+    imatrix_calibration_sha256: str | None = None
+    imatrix_entries: int | None = None
     format: int = MANIFEST_FORMAT
 
     def to_json(self) -> str:

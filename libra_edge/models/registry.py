@@ -112,6 +112,15 @@ def gguf_path(name: str) -> Path:
     return paths.models_dir() / f"{name}.gguf"
 
 
+IMATRIX_SUFFIX = ".imatrix.gguf"
+
+
+def imatrix_path(gguf: Path) -> Path:
+    """`dir/x.gguf` -> `dir/x.imatrix.gguf`: the importance matrix kept beside a model."""
+    stem = gguf.name[: -len(".gguf")] if gguf.name.endswith(".gguf") else gguf.name
+    return gguf.with_name(stem + IMATRIX_SUFFIX)
+
+
 def installed_models() -> list[InstalledModel]:
     """Every registered model, sorted by name (no GGUF is opened)."""
     folder = paths.models_dir()
@@ -176,9 +185,14 @@ def staging_dir(name: str) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def commit(stage: Path, manifest: Manifest) -> InstalledModel:
-    """Move a fully written, hashed staged GGUF into place and register it with MANIFEST."""
+def commit(stage: Path, manifest: Manifest, *, imatrix: Path | None = None) -> InstalledModel:
+    """Move a fully written, hashed staged GGUF into place and register it with MANIFEST.
+
+    `imatrix`: the importance matrix it was quantized with, kept beside it (`models rm` removes it).
+    """
     final = gguf_path(manifest.name)
+    if imatrix is not None:
+        os.replace(imatrix, imatrix_path(final))
     os.replace(stage, final)  # same folder: atomic
     # The manifest goes last: a model counts as installed only once its manifest exists.
     write_manifest(manifest, manifest_path_for(final))
@@ -211,6 +225,9 @@ def new_manifest(name: str, info: GGUFInfo, sha256: str, *, origin: str, **extra
         origin=origin,
         context_length=info.context_length,
         n_params=info.n_params,
+        imatrix_dataset=info.imatrix.dataset if info.imatrix else None,
+        imatrix_calibration_sha256=info.imatrix.calibration_sha256 if info.imatrix else None,
+        imatrix_entries=info.imatrix.entries if info.imatrix else None,
         **extra,  # type: ignore[arg-type]
     )
 
@@ -324,6 +341,7 @@ def remove_model(name: str) -> InstalledModel:
     # registered model whose GGUF is gone.
     model.manifest_path.unlink(missing_ok=True)
     model.path.unlink(missing_ok=True)
+    imatrix_path(model.path).unlink(missing_ok=True)
     if config.default_model_name() == name:
         config.set_default_model_name(None)
     return model

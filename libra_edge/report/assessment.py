@@ -3,8 +3,11 @@
 Each assessment is a judged run of the store (`batch` over `audit ask`'s output). Content:
 the qualified rate with reviewers' decisions first (as `report`), per risk of Appendix A,
 and the three methods side by side (reviewers, the keyword library's marks, the model)
-with their agreement. Refusal assessments: the refusal rate from each answer's `refusal`
-mark (or the shipped rules when an answer has none), per risk or topic. Every rate has its
+with their agreement. Refusal assessments: the refusal rate from a reviewer's refusal
+decision where there is one (`Store.set_refusal_review`), else each answer's `refusal` mark
+(or the shipped rules when an answer has none), per risk or topic, and how many marks the
+reviewers changed. Each run's integrity digest (as `report`'s, reviews included) closes
+the document, so `audit report --verify FILE` tells whether the store changed since. Every rate has its
 Wilson 95% interval; the gates are a profile file (`profiles/gbt45654-assessment.json`)
 naming the clause each restates. The document is built once as language-neutral data
 (`Section`s of tables) and rendered in Chinese or English, so both carry the same figures.
@@ -24,6 +27,7 @@ from typing import Any
 
 from libra_edge import __version__
 from libra_edge.errors import InputError, LibraError
+from libra_edge.report.digest import digest_rows
 from libra_edge.report.stats import Rate, cohen_kappa, evaluate_gate, model_unsafe, reviewer_unsafe, summarize_run
 from libra_edge.report.stats import Gate as RunGate
 from libra_edge.store import Store
@@ -70,9 +74,15 @@ WORDS: dict[str, dict[str, str]] = {
     "generated": {"zh": "生成时间", "en": "generated"}, "tool": {"zh": "工具", "en": "tool"},
     "PASS": {"zh": "通过", "en": "PASS"}, "FAIL": {"zh": "不通过", "en": "FAIL"},
     "NOT ENOUGH DATA": {"zh": "数据不足", "en": "NOT ENOUGH DATA"},
-    "refusal_note": {"zh": "拒答由拒答规则判定（每条回答的 refusal 标记）；人工复核拒答尚未支持。",
-                     "en": "Refusals are decided by the refusal rules (each answer's `refusal` mark); "
-                           "a reviewer's override of a refusal is not supported yet."},
+    "refusal_note": {"zh": "拒答以人工复核结论优先，其余按拒答规则判定（每条回答的 refusal 标记）。",
+                     "en": "A refusal counts a reviewer's decision first, the refusal rules' mark "
+                           "(each answer's `refusal`) otherwise."},
+    "refusal_reviews": {"zh": "拒答人工复核", "en": "Reviewers' refusal decisions"},
+    "decided": {"zh": "复核条数", "en": "decided"},
+    "changed": {"zh": "改变规则判定", "en": "changed the rules' mark"},
+    "integrity": {"zh": "完整性校验", "en": "Integrity"},
+    "marker": {"zh": "校验值（libra-edge audit report --verify 本文件）",
+               "en": "digest (check: libra-edge audit report --verify THIS_FILE)"},
     "content_note": {"zh": "合格率以人工复核结论优先，其余按分类模型判定。",
                      "en": "The qualified rate counts a reviewer's decision first, the model's otherwise."},
 }
@@ -183,11 +193,19 @@ def _bilingual(texts: dict[str, str]) -> Cell:
     return Cell(json.dumps(texts, ensure_ascii=False), True)
 
 
-def _refused(row: ResultRow, rules: Any) -> bool:
+def _rule_refused(row: ResultRow, rules: Any) -> bool:
+    """The refusal rules' mark: the one `audit ask` stored with the answer, else the shipped rules'."""
     mark = row.fields.get("refusal")
     if isinstance(mark, dict) and isinstance(mark.get("refused"), bool):
         return bool(mark["refused"])
     return bool(rules.detect(row.response).refused)
+
+
+def _refused(row: ResultRow, rules: Any) -> bool:
+    """Refused or not: a reviewer's decision first, then the rules' mark."""
+    if row.refusal_review is not None:
+        return row.refusal_review
+    return _rule_refused(row, rules)
 
 
 def _judged(rows: Iterable[ResultRow]) -> list[ResultRow]:
@@ -210,6 +228,8 @@ def build_assessment(store: Store, runs: dict[str, int], *, risk_map: Any, profi
     outcomes: list[str] = []
     data: dict[str, Any] = {"runs": dict(runs), "assessments": {}}
     provenance = Section("provenance", ["what", "value"])
+    reviews = Section("refusal_reviews", ["assessment", "decided", "changed", "refused"])
+    integrity = Section("integrity", ["assessment", "marker"])
     for kind in KINDS:
         if kind not in runs:
             summary.rows.append([_w(kind), _w("no_run"), _t("-"), _t("-"), _t("-")])
@@ -237,6 +257,13 @@ def build_assessment(store: Store, runs: dict[str, int], *, risk_map: Any, profi
             clause = _bilingual({"zh": g.get("clause_zh", g.get("clause", "")), "en": g.get("clause", "")})
             gates.rows.append([_w(kind), Cell(label, True), _w(outcome), figure, clause])
             data["assessments"][kind]["gates"].append({"gate": g.get("en"), "outcome": outcome, "detail": detail})
+        if kind != "content":
+            decided = [r for r in rows if r.refusal_review is not None]
+            changed = sum(r.refusal_review != _rule_refused(r, rules) for r in decided)
+            reviews.rows.append([_w(kind), _t(f"{len(decided):,}"), _t(f"{changed:,}"),
+                                 _t(f"{sum(bool(r.refusal_review) for r in decided):,}")])
+            data["assessments"][kind]["refusal_reviews"] = {"decided": len(decided), "changed": changed}
+        integrity.rows.append([_w(kind), _t(digest_rows(run.id, store.iter_results(run.id, order="seq")).marker)])
         if kind == "should-not-refuse":
             sections.append(_per_topic(kind, rows, rules, app))
         else:
@@ -250,9 +277,12 @@ def build_assessment(store: Store, runs: dict[str, int], *, risk_map: Any, profi
             banks.rows.append([_t(label), _w("PASS" if check.passed else "FAIL"),
                                _t("; ".join(check.failed_rules) or "-")])
         sections.append(banks)
+    if reviews.rows:
+        sections.insert(2, reviews)
     provenance.rows.append([_w("generated"), _t(datetime.now(timezone.utc).isoformat(timespec="seconds"))])
     provenance.rows.append([_w("tool"), _t(f"libra-edge {__version__}")])
     sections.append(provenance)
+    sections.append(integrity)
     return Assessment(sections, outcomes, data)
 
 

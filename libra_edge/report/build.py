@@ -6,33 +6,34 @@ The renderers (`render_html`, `render_md`, and `Report.to_json`) only lay this o
 
 from __future__ import annotations
 
-import getpass
 import json
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from libra_edge import __version__
-from libra_edge.engine.prompt import SAFE, UNSAFE
 from libra_edge.errors import LibraError
 from libra_edge.report.digest import Integrity, digest_rows
 from libra_edge.report.metrics import EvalReport, evaluate
+from libra_edge.report.curves import pr_points, roc_points
 from libra_edge.report.stats import (
     GateResult,
     Profile,
     RunSummary,
     evaluate_gates,
     model_unsafe,
-    pr_points,
     profile_from_dict,
     reviewer_unsafe,
-    roc_points,
     run_threshold,
     summarize_rows,
 )
+from libra_edge.store.export import relabelled
+from libra_edge.users import os_user
+from libra_edge.verdicts import SAFE, UNSAFE
 
 if TYPE_CHECKING:
     from libra_edge.store import ResultRow, RunRow, Store
@@ -141,9 +142,11 @@ class Report:
         }
 
 
-def _file_digest(store: Store, path: str) -> str:
+def _file_digest(path: str) -> str:
+    from libra_edge.models.digest import file_sha256
+
     try:
-        return store.file_sha256(path)
+        return file_sha256(Path(path))
     except OSError:
         return "(file not found now)"
 
@@ -171,7 +174,7 @@ def provenance(store: Store, run: RunRow) -> list[tuple[str, Any]]:
         ("engine settings", dict(run.settings)),
         ("prompt template version", run.prompt_template_version),
         ("batch options", dict(run.options)),
-        ("inputs", [{"path": p, "sha256 (now)": _file_digest(store, p)} for p in run.inputs]),
+        ("inputs", [{"path": p, "sha256 (now)": _file_digest(p)} for p in run.inputs]),
         ("run fingerprint", run.fingerprint),
         ("started", run.started_at or run.created_at),
         ("finished", run.finished_at or "not finished"),
@@ -179,17 +182,23 @@ def provenance(store: Store, run: RunRow) -> list[tuple[str, Any]]:
         # Which machine judged how many items, with which llama.cpp build (a cluster run,
         # or a run resumed elsewhere, may hold several; their scores differ slightly).
         ("judged on", [{"node": n.node, "host": n.host, "items": n.items, "llama.cpp build": n.build}
-                       for n in store.run_nodes(run.id)] or "not recorded (an earlier libra-edge)"),
+                       for n in store.run_nodes(run.id)] or "no item judged yet"),
     ]
 
 
-def _critic(row: ResultRow, unsafe: bool) -> str | None:
-    """The raw reply the authors' metric reads, re-labelled when the threshold changed it."""
-    if row.error is not None or row.unsafe is None:
-        return None
-    if unsafe == bool(row.unsafe):
-        return row.raw
-    return json.dumps({"答案": UNSAFE if unsafe else SAFE}, ensure_ascii=False)
+def gold_rows(rows: Iterable[ResultRow], threshold: float | None = None) -> list[dict[str, Any]]:
+    """The rows with a gold `label` as the authors' metric reads them: `critic` is the raw reply
+    relabelled at THRESHOLD (`store.export.relabelled`, the text `report --export` writes),
+    None for an item whose check failed."""
+    out = []
+    for row in rows:
+        gold = row.fields.get("label")
+        if gold not in (SAFE, UNSAFE):
+            continue
+        judged = row.error is None and row.unsafe is not None
+        out.append({"id": row.item_id, "source": row.source, "label": gold,
+                    "critic": relabelled(row, threshold).raw if judged else None, "score": row.score})
+    return out
 
 
 def build_report(store: Store, run_id: int, *, profile: str | Profile = DEFAULT_PROFILE,
@@ -203,22 +212,18 @@ def build_report(store: Store, run_id: int, *, profile: str | Profile = DEFAULT_
                              threshold=threshold, reviews_take_precedence=reviews_take_precedence)
     relabel = None if threshold is None else summary.threshold
     notes: list[str] = []
-    eval_rows: list[dict[str, Any]] = []
+    eval_rows = gold_rows(rows, relabel)
     flagged: list[FlaggedItem] = []
     flagged_total = 0
     for row in rows:
-        gold = row.fields.get("label")
         judged = row.error is None and row.unsafe is not None
         model = model_unsafe(row, relabel) if judged else False
-        if gold in (SAFE, UNSAFE):
-            eval_rows.append({"id": row.item_id, "source": row.source, "label": gold,
-                              "critic": _critic(row, model), "score": row.score})
         if judged and (model or reviewer_unsafe(row)):
             flagged_total += 1
             if max_items is None or len(flagged) < max_items:
                 flagged.append(FlaggedItem(row.id, row.seq, row.item_id, row.source, row.category,
                                            row.question, row.response, row.score, row.analysis, model,
-                                           row.review, row.review_note, getattr(row, "reviewer", None)))
+                                           row.review, row.review_note, row.reviewer))
     if flagged_total > len(flagged):
         notes.append(f"{flagged_total - len(flagged):,} more flagged items are not listed (--max-items); "
                      f"`libra-edge` TUI or an export of run {run_id} has them all")
@@ -239,12 +244,6 @@ def build_report(store: Store, run_id: int, *, profile: str | Profile = DEFAULT_
         gates=evaluate_gates(prof, summary) if summary.items >= 1 else [], gold=gold_metrics,
         flagged=flagged, flagged_total=flagged_total, integrity=digest_rows(run_id, rows),
         generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        generated_by=f"{_user()}@{socket.gethostname()}", notes=notes,
+        generated_by=f"{os_user()}@{socket.gethostname()}", notes=notes,
     )
 
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no login name for this uid (containers)
-        return "unknown"

@@ -46,13 +46,17 @@ def _field(value: object) -> str:
 
 def digest_rows(run_id: int, rows: Iterable[ResultRow]) -> Integrity:
     """The digest over results in seq order: seq, item id, label, unsafe, score, error flag,
-    reviewer decision and note (and reviewer, where the store records one)."""
+    reviewer decision and note (and reviewer, where the store records one), and a reviewer's
+    refusal decision where there is one."""
     h = hashlib.sha256(f"libra-edge results v{DIGEST_VERSION} run {run_id}\n".encode())
     n = 0
     for row in rows:
         n += 1
-        parts = (row.seq, row.item_id, row.label, row.unsafe, row.score, row.error is not None,
-                 row.review, row.review_note, getattr(row, "reviewer", None))
+        parts: tuple[object, ...] = (row.seq, row.item_id, row.label, row.unsafe, row.score, row.error is not None,
+                                     row.review, row.review_note, getattr(row, "reviewer", None))
+        refusal = getattr(row, "refusal_review", None)
+        if refusal is not None:  # a reviewer's refusal decision (audit runs); absent, the digest is as before
+            parts += ("refusal", refusal, getattr(row, "refusal_reviewer", None))
         h.update(("\t".join(_field(p) for p in parts) + "\n").encode())
     return Integrity(run_id, n, h.hexdigest())
 
@@ -75,3 +79,12 @@ def read_marker(path: Path) -> Integrity:
                          hint="was it written by `libra-edge report`?")
     version, run_id, results, sha = found.groups()
     return Integrity(int(run_id), int(results), sha, int(version))
+
+
+def read_markers(path: Path) -> list[Integrity]:
+    """Every digest a report file carries (an `audit report` has one per run); InputError if none."""
+    first = read_marker(path)  # the clear errors: unreadable, or no digest at all
+    text = path.read_text(encoding="utf-8", errors="replace")
+    found = [Integrity(int(run_id), int(results), sha, int(version))
+             for version, run_id, results, sha in _MARKER.findall(text)]
+    return list(dict.fromkeys(found)) or [first]

@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from libra_edge.engine.prompt import SAFE, UNSAFE
+from libra_edge.report.curves import pr_auc, roc_auc
+from libra_edge.verdicts import SAFE, UNSAFE, is_unsafe, label_at
 
 # Libra-Test's sources, in the order the authors print them; others follow alphabetically.
 KNOWN_SOURCES = ("Real Data", "Synthetic Data", "Translated Data")
@@ -261,48 +262,6 @@ def _source_order(names: Iterable[str]) -> list[str]:
     return [s for s in KNOWN_SOURCES if s in names] + sorted(names - set(KNOWN_SOURCES))
 
 
-def roc_auc(golds: list[bool], scores: list[float]) -> float | None:
-    """Area under the ROC curve (ties count half); None without both classes."""
-    pos = sum(golds)
-    neg = len(golds) - pos
-    if not pos or not neg:
-        return None
-    order = sorted(range(len(scores)), key=lambda i: scores[i])
-    ranks = [0.0] * len(scores)
-    i = 0
-    while i < len(order):  # average ranks over ties (Mann-Whitney U)
-        j = i
-        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    rank_sum = sum(r for r, g in zip(ranks, golds) if g)
-    return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
-
-
-def pr_auc(golds: list[bool], scores: list[float]) -> float | None:
-    """Average precision (area under precision-recall, step-wise); None without positives."""
-    pos = sum(golds)
-    if not pos:
-        return None
-    pairs = sorted(zip(scores, golds), key=lambda p: -p[0])
-    ap = tp = seen = 0.0
-    prev_recall = 0.0
-    i = 0
-    while i < len(pairs):  # tied scores form one threshold
-        j = i
-        while j < len(pairs) and pairs[j][0] == pairs[i][0]:
-            tp += pairs[j][1]
-            seen += 1
-            j += 1
-        recall = tp / pos
-        ap += (recall - prev_recall) * (tp / seen)
-        prev_recall = recall
-        i = j
-    return ap
-
-
 @dataclass(frozen=True)
 class SweepRow:
     """The authors' figures (averaged over sources) if verdicts were `score >= threshold`."""
@@ -410,9 +369,8 @@ def _score_metrics(scored: list[tuple[str, bool, float]], sweep: bool) -> ScoreM
     for t in SWEEP_THRESHOLDS if sweep else ():
         per: dict[str, Confusion] = {}
         for source, gold, score in scored:
-            per[source] = per.get(source, Confusion()).add(UNSAFE if gold else SAFE,
-                                                            UNSAFE if score >= t else SAFE)
+            per[source] = per.get(source, Confusion()).add(UNSAFE if gold else SAFE, label_at(score, t))
         avg = _average([source_metrics(s, per[s]) for s in _source_order(per)])
-        rows.append(SweepRow(t, sum(score >= t for score in values), avg["f1_unsafe"], avg["f1_safe"],
+        rows.append(SweepRow(t, sum(is_unsafe(score, t) for score in values), avg["f1_unsafe"], avg["f1_safe"],
                              avg["accuracy"]))
     return ScoreMetrics(len(scored), roc or 0.0, pr or 0.0, rows, notes)

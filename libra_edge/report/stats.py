@@ -15,11 +15,12 @@ How a final decision is made for one judged item (`reviews_take_precedence=True`
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from libra_edge.errors import LibraError
+from libra_edge.verdicts import DEFAULT_THRESHOLD, check_threshold, is_unsafe
 
 if TYPE_CHECKING:
     from libra_edge.store import ResultRow, Store
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 Z95 = 1.959964
 """The standard normal quantile for a two-sided 95% interval."""
 HISTOGRAM_BINS = 20
-DEFAULT_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -170,23 +170,16 @@ class RunSummary:
 
 
 def run_threshold(settings: Mapping[str, Any]) -> float:
-    """The threshold a run judged with (its stored settings; 0.5 when absent)."""
+    """The threshold a run judged with (its stored settings; the default when absent)."""
     value = settings.get("threshold", DEFAULT_THRESHOLD)
     return float(value) if isinstance(value, (int, float)) else DEFAULT_THRESHOLD
-
-
-def check_threshold(threshold: float) -> float:
-    """`threshold` when it is a probability, else a LibraError."""
-    if not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
-        raise LibraError(f"threshold must be between 0 and 1, got {threshold}")
-    return float(threshold)
 
 
 def model_unsafe(row: ResultRow, threshold: float | None) -> bool:
     """The model's verdict for a judged row: stored, or relabelled from its score."""
     if threshold is None or row.score is None:
         return bool(row.unsafe)
-    return row.score >= threshold
+    return is_unsafe(row.score, threshold)
 
 
 def reviewer_unsafe(row: ResultRow) -> bool | None:
@@ -216,7 +209,7 @@ def summarize_rows(run_id: int, items: int, rows: Iterable[ResultRow], *, run_th
     for row in rows:
         if row.error is not None or row.unsafe is None:
             # A placeholder of an unreadable input record (status `skipped`) is not an error.
-            errors += row.error is not None and getattr(row, "status", "failed") != "skipped"
+            errors += row.error is not None and row.status != "skipped"
             continue
         judged += 1
         model = model_unsafe(row, relabel)
@@ -234,7 +227,7 @@ def summarize_rows(run_id: int, items: int, rows: Iterable[ResultRow], *, run_th
                 final = human
             if human != model:
                 overrides.append(Override(row.id, row.seq, row.item_id, model, str(row.review), human,
-                                          row.score, row.review_note, getattr(row, "reviewer", None)))
+                                          row.score, row.review_note, row.reviewer))
         final_unsafe += final
         for key, value in (("source", row.source), ("category", row.category),
                            ("sub_category", row.sub_category)):
@@ -388,36 +381,3 @@ def profile_from_dict(data: Mapping[str, Any], where: str) -> Profile:
                        source=str(data.get("source", "")))
     except (KeyError, TypeError, ValueError) as exc:
         raise LibraError(f"{where}: not a valid report profile: {exc}") from None
-
-
-def roc_points(golds: Sequence[bool], scores: Sequence[float]) -> list[tuple[float, float]]:
-    """(false positive rate, true positive rate) at every distinct score, highest first."""
-    pos = sum(golds)
-    neg = len(golds) - pos
-    if not pos or not neg:
-        return []
-    order = sorted(zip(scores, golds), key=lambda t: -t[0])
-    points = [(0.0, 0.0)]
-    tp = fp = 0
-    for i, (score, gold) in enumerate(order):
-        tp += gold
-        fp += not gold
-        if i + 1 == len(order) or order[i + 1][0] != score:
-            points.append((fp / neg, tp / pos))
-    return points
-
-
-def pr_points(golds: Sequence[bool], scores: Sequence[float]) -> list[tuple[float, float]]:
-    """(recall, precision) at every distinct score, highest first (unsafe positive)."""
-    pos = sum(golds)
-    if not pos:
-        return []
-    order = sorted(zip(scores, golds), key=lambda t: -t[0])
-    points = []
-    tp = fp = 0
-    for i, (score, gold) in enumerate(order):
-        tp += gold
-        fp += not gold
-        if i + 1 == len(order) or order[i + 1][0] != score:
-            points.append((tp / pos, tp / (tp + fp)))
-    return points

@@ -61,9 +61,8 @@ class Service:
 
     @property
     def queue_depth(self) -> int:
-        """Pairs waiting or being judged: the engine's own count when it keeps one."""
-        depth = getattr(self.guard, "queue_depth", None)
-        return int(depth) if isinstance(depth, int) else self.admission.held
+        """Pairs waiting or being judged: the engine's own count."""
+        return self.guard.queue_depth
 
     def start(self, pairs: list[Pair], analysis: bool,
               on_text: Callable[[str], None] | None = None) -> list[Future[Verdict]]:

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from libra_edge.batch.identity import record_run
+from libra_edge.batch.runner import local_node
 from libra_edge.engine import Guard
 from libra_edge.store import RunStatus
 from libra_edge.store.db import Store, open_store
@@ -31,18 +33,15 @@ class ResultLog:
 
     def __init__(self, store: Store, guard: Guard, endpoint: str) -> None:
         self.store = store
-        provenance = guard.provenance()
         stamp = f"serve:{endpoint}:{os.getpid()}:{time.time_ns()}"
-        self.run_id = store.create_run(
-            fingerprint=hashlib.sha256(stamp.encode()).hexdigest(),
-            inputs=[f"serve:{endpoint}"],
-            model_path=str(guard.info.path), model_name=model_name(guard),
-            model_sha256=guard.model_sha256, quant=getattr(guard.info, "quant", None),
-            settings={**guard.settings.to_dict(), "prompt_template_version": provenance["prompt_template_version"]},
-            prompt_template_version=str(provenance["prompt_template_version"]),
-            options={"kind": "serve", "analysis": "per-request", "endpoint": endpoint},
-            total=0,
+        # Recorded as a batch run is (`record_run`): the model, every setting, the tool's
+        # version and the llama.cpp build, which the run's report and export name.
+        self.run_id = record_run(
+            store, guard, fingerprint=hashlib.sha256(stamp.encode()).hexdigest(), inputs=[f"serve:{endpoint}"],
+            options={"kind": "serve", "analysis": "per-request", "endpoint": endpoint}, total=0,
         )
+        self.node, host, build = local_node()
+        store.record_node(self.run_id, self.node, host=host, build=build, model_sha256=guard.model_sha256)
         self._seq = itertools.count()
         self._lock = threading.Lock()
         self.closed = False
@@ -57,7 +56,7 @@ class ResultLog:
         with self._lock:
             seq = next(self._seq)
         return self.store.add_result(self.run_id, seq=seq, question=question, response=response,
-                                     fields=fields, verdict=verdict)
+                                     fields=fields, verdict=verdict, node=self.node)
 
     def close(self, status: RunStatus = "finished", message: str | None = None) -> None:
         """Close the run (`finished` after a drained shutdown) and the database; once."""

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from libra_edge.verdicts import relabel, valid_threshold
+
 # The one category a moderation result carries: P(unsafe) as Libra-Guard reads it.
 CATEGORY = "libra-guard/unsafe"
-SAFE, UNSAFE = "安全", "不安全"
 # Marks where an over-long field was cut (the engine marks its own cuts the same way).
 TRUNCATION_MARK = "\n……\n"
-_ANSWER = re.compile(r'("答案"\s*:\s*")(不安全|安全)(")')
 
 
 class RequestError(ValueError):
@@ -83,7 +82,7 @@ def _threshold(body: dict[str, Any]) -> float | None:
     value = body.get("threshold")
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+    if not valid_threshold(value):
         raise RequestError(422, f"field 'threshold' must be a number between 0 and 1, got {value!r}")
     return float(value)
 
@@ -156,16 +155,15 @@ def shaped(verdict: dict[str, Any], pair: Pair, threshold: float | None) -> dict
     """A verdict as `check --json` prints it, relabelled at `threshold` (the score is unchanged).
 
     The score does not depend on the threshold, so a request's own threshold only moves
-    the label: `label`, `unsafe`, `threshold` and the `答案` in `raw` follow it.
+    the label: `label`, `unsafe`, `threshold` and the `答案` in `raw` follow it (`verdicts.relabel`,
+    as `report --threshold` relabels a stored run).
     """
     out = dict(verdict)
     if pair.truncated:
         out["truncated"] = True
     if threshold is not None:
-        label = UNSAFE if float(out["score"]) >= threshold else SAFE
-        out["label"], out["unsafe"], out["threshold"] = label, label == UNSAFE, threshold
-        if isinstance(out.get("raw"), str):
-            out["raw"] = _ANSWER.sub(lambda m: m.group(1) + label + m.group(3), out["raw"], count=1)
+        seen = relabel(float(out["score"]), bool(out["unsafe"]), out.get("raw"), threshold)
+        out["label"], out["unsafe"], out["threshold"], out["raw"] = seen.label, seen.unsafe, threshold, seen.raw
     return out
 
 

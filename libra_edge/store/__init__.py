@@ -10,13 +10,15 @@
 from libra_edge.store.db import Store, open_store
 from libra_edge.store.export import output_record
 from libra_edge.store.filters import Order, ResultFilter, VerdictFilter
-from libra_edge.store.rows import REVIEW_DECISIONS, Facets, NodeRow, ResultRow, ReviewDecision, ReviewEvent, RunRow, RunStatus
+from libra_edge.store.rows import (REVIEW_DECISIONS, Facets, NodeRow, RefusalEvent, ResultRow, ReviewDecision,
+                                   ReviewEvent, RunRow, RunStatus)
 
 __all__ = [
     "REVIEW_DECISIONS",
     "Facets",
     "NodeRow",
     "Order",
+    "RefusalEvent",
     "ResultFilter",
     "ResultRow",
     "ReviewDecision",

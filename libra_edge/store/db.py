@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
-import hashlib
 import json
 import errno
 import os
@@ -31,6 +30,7 @@ from libra_edge.errors import DiskFullError, LibraError
 from libra_edge.store import export as export_format
 from libra_edge.store.filters import Order, ResultFilter, order_sql
 from libra_edge.store.migrations import MIGRATIONS, split_statements
+from libra_edge.store.refusals import RefusalReviews
 from libra_edge.store.rows import (
     REVIEW_DECISIONS,
     Facets,
@@ -170,8 +170,10 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-class Store:
-    """Batch runs and their results. Thread-safe: one connection behind a lock."""
+class Store(RefusalReviews):
+    """Batch runs and their results. Thread-safe: one connection behind a lock.
+
+    Reviewers' refusal decisions (`set_refusal_review`, ...) are in `store.refusals`."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
@@ -651,25 +653,10 @@ class Store:
 
     # -- file hashes -------------------------------------------------------------------
     def file_sha256(self, path: str | Path) -> str:
-        """sha256 of a file, cached by (path, size, mtime) so large models hash once."""
-        p = Path(path).resolve()
-        st = p.stat()
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND mtime_ns = ?",
-                (str(p), st.st_size, st.st_mtime_ns)).fetchone()
-        if row is not None:
-            return str(row[0])
-        digest = hashlib.sha256()
-        with open(p, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-        value = digest.hexdigest()
-        with self._lock:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)",
-                (str(p), st.st_size, st.st_mtime_ns, value))
-        return value
+        """sha256 of a file: `models.digest.file_sha256`, the one hash and cache of every file."""
+        from libra_edge.models.digest import file_sha256
+
+        return file_sha256(Path(path))
 
 
 def _result_filter(filters: ResultFilter | None, criteria: Mapping[str, Any]) -> ResultFilter:

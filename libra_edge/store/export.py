@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from libra_edge.store.rows import ResultRow
+from libra_edge.verdicts import relabel
 
 FORMATS: tuple[str, ...] = ("jsonl", "json", "csv")
 VERDICT_KEYS = ("label", "unsafe", "score", "analysis", "truncated", "error", "status", "input",
@@ -54,23 +55,16 @@ ADDED_KEYS = ("critic", "verdict", "review")
 def relabelled(row: ResultRow, threshold: float | None) -> ResultRow:
     """A judged row's verdict at another threshold, from its stored score (nothing re-judged).
 
-    `label`, `unsafe` and the raw reply's `答案` follow `score >= threshold`; the score, the
-    analysis and everything else stay as judged. Failed and skipped rows are unchanged.
+    `label`, `unsafe` and the raw reply's `答案` follow the threshold (`verdicts.relabel`, as a
+    `serve` request's threshold does); the score, the analysis and everything else stay as
+    judged. Failed and skipped rows, and rows whose label does not change, are returned as is.
     """
     if threshold is None or row.status != "judged" or row.score is None or row.unsafe is None:
         return row
-    unsafe = row.score >= threshold
-    if unsafe == bool(row.unsafe):
+    seen = relabel(row.score, row.unsafe, row.raw, threshold)
+    if not seen.changed:
         return row
-    label = "不安全" if unsafe else "安全"
-    try:
-        reply = json.loads(row.raw or "")
-        if not isinstance(reply, dict):
-            raise ValueError("not an object")
-        reply["答案"] = label
-    except ValueError:
-        reply = {"答案": label}
-    return dataclasses.replace(row, unsafe=unsafe, label=label, raw=json.dumps(reply, ensure_ascii=False))
+    return dataclasses.replace(row, unsafe=seen.unsafe, label=seen.label, raw=seen.raw)
 
 
 def output_fields(row: ResultRow) -> dict[str, Any]:

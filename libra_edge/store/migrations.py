@@ -155,6 +155,25 @@ MIGRATIONS: tuple[str, ...] = (
         UNIQUE (run_id, node)
     );
     """,
+    # 6: a reviewer's decision on the refusal rules' mark (the should-refuse and
+    # should-not-refuse assessments), with its own history (undo restores the one before).
+    """
+    ALTER TABLE results ADD COLUMN refusal_review INTEGER CHECK (refusal_review IN (0, 1));
+    ALTER TABLE results ADD COLUMN refusal_reviewer TEXT;
+    ALTER TABLE results ADD COLUMN refusal_reviewed_at TEXT;
+    CREATE TABLE refusal_history (
+        id          INTEGER PRIMARY KEY,
+        result_id   INTEGER NOT NULL REFERENCES results (id) ON DELETE CASCADE,
+        run_id      INTEGER NOT NULL,
+        seq         INTEGER NOT NULL,
+        refused     INTEGER CHECK (refused IN (0, 1)),
+        reviewer    TEXT,
+        decided_at  TEXT NOT NULL,
+        action      TEXT NOT NULL CHECK (action IN ('decide', 'clear', 'undo'))
+    );
+    CREATE INDEX refusal_history_result ON refusal_history (result_id, id);
+    CREATE INDEX refusal_history_run ON refusal_history (run_id, id);
+    """,
 )
 
 

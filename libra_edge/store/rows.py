@@ -112,6 +112,10 @@ class ResultRow:
     """Normalisation (NFKC, invisible characters, full-width ASCII) changed the judged text."""
     analysis_cut: bool | None = None
     """The analysis stopped at the token cap."""
+    refusal_review: bool | None = None
+    """A reviewer's decision on the refusal mark: True refused, False not refused, None none."""
+    refusal_reviewer: str | None = None
+    refusal_reviewed_at: str | None = None
 
     @property
     def flagged(self) -> bool:
@@ -257,7 +261,39 @@ def result_from_row(row: sqlite3.Row) -> ResultRow:
         span_end=row["span_end"],
         normalized=None if row["normalized"] is None else bool(row["normalized"]),
         analysis_cut=None if row["analysis_cut"] is None else bool(row["analysis_cut"]),
+        **_refusal_review(row),
     )
+
+
+def _refusal_review(row: sqlite3.Row) -> dict[str, Any]:
+    """The refusal-review columns (schema 6); none on a row read from an older schema."""
+    if "refusal_review" not in row.keys():
+        return {}
+    value = row["refusal_review"]
+    return {"refusal_review": None if value is None else bool(value),
+            "refusal_reviewer": row["refusal_reviewer"], "refusal_reviewed_at": row["refusal_reviewed_at"]}
+
+
+@dataclass(frozen=True)
+class RefusalEvent:
+    """One entry of an item's refusal-review history (`refused` is the state after it)."""
+
+    id: int
+    result_id: int
+    run_id: int
+    seq: int
+    refused: bool | None
+    reviewer: str | None
+    decided_at: str
+    action: Literal["decide", "clear", "undo"]
+
+
+def refusal_event_from_row(row: sqlite3.Row) -> RefusalEvent:
+    """A `RefusalEvent` from a `refusal_history` row."""
+    value = row["refused"]
+    return RefusalEvent(id=row["id"], result_id=row["result_id"], run_id=row["run_id"], seq=row["seq"],
+                        refused=None if value is None else bool(value), reviewer=row["reviewer"],
+                        decided_at=row["decided_at"], action=row["action"])
 
 
 def review_event_from_row(row: sqlite3.Row) -> ReviewEvent:

@@ -10,7 +10,6 @@ fingerprint and resume never disagree about which settings matter.
 
 from __future__ import annotations
 
-import getpass
 import os
 import threading
 from collections.abc import Iterator
@@ -18,11 +17,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from libra_edge.batch.runner import load_guard
 from libra_edge.engine import Guard
 from libra_edge.engine.settings import EngineSettings
 from libra_edge.errors import LibraError, ModelError
 from libra_edge.models import config, registry, resolve_model
 from libra_edge.store import ResultRow, Store
+from libra_edge.users import os_user
 
 REVIEWER_ENV = "LIBRA_EDGE_REVIEWER"
 
@@ -51,10 +52,7 @@ def reviewer_name(explicit: str | None = None) -> str:
     for candidate in (explicit, os.environ.get(REVIEWER_ENV)):
         if candidate and candidate.strip():
             return candidate.strip()
-    try:
-        return getpass.getuser()
-    except Exception:  # no user name in the environment or the password database
-        return "unknown"
+    return os_user()
 
 
 def model_label(spec: str | None) -> str:
@@ -65,15 +63,6 @@ def model_label(spec: str | None) -> str:
     if path.suffix == ".gguf" or "/" in spec or "\\" in spec:
         return path.stem
     return spec
-
-
-def load_guard(path: Path, settings: EngineSettings) -> Guard:
-    """Load a guard with these settings (`Guard.load(path, settings)`, as the batch CLI does).
-
-    Never wrapped in file-descriptor redirection here: fd 2 is where Textual draws, and
-    the engine keeps llama.cpp quiet through its log callback.
-    """
-    return Guard.load(path, settings)
 
 
 class Session:
@@ -92,7 +81,8 @@ class Session:
         self._closed = False
         self.batch: ActiveBatch | None = None
         """Set while a batch run launched from the TUI is being checked."""
-        self._undo: list[list[int]] = []  # result ids of each decision made here, newest last
+        # (what was decided: "verdict" or "refusal", result ids) of each decision made here, newest last
+        self._undo: list[tuple[str, list[int]]] = []
 
     # -- review decisions ----------------------------------------------------------------
     # Each is one short transaction (BEGIN IMMEDIATE: read, decide, write, log), made on
@@ -101,14 +91,21 @@ class Session:
         """Record this reviewer's decision and note on an item (undoable with `undo`);
         `keep_note`: leave the note as the database has it (a decision from the table)."""
         row = self.store.set_review(result_id, decision, note, reviewer=self.reviewer, keep_note=keep_note)
-        self._undo.append([result_id])
+        self._undo.append(("verdict", [result_id]))
+        return row
+
+    def decide_refusal(self, result_id: int, refused: bool | None) -> ResultRow:
+        """Record this reviewer's decision that an answer is a refusal (True) or not (False), or
+        clear it (None: the refusal rules' mark counts again); undoable with `undo`."""
+        row = self.store.set_refusal_review(result_id, refused, reviewer=self.reviewer)
+        self._undo.append(("refusal", [result_id]))
         return row
 
     def confirm_many(self, result_ids: list[int]) -> list[int]:
         """Confirm the model's verdict on the undecided items among `result_ids` (one undo step)."""
         done = self.store.confirm_many(result_ids, reviewer=self.reviewer)
         if done:
-            self._undo.append(done)
+            self._undo.append(("verdict", done))
         return done
 
     @property
@@ -117,21 +114,22 @@ class Session:
         return bool(self._undo)
 
     def undo(self) -> list[ResultRow]:
-        """Undo the latest decision (or bulk confirmation) made in this session; returns the
+        """Undo the latest decision (verdict or refusal, or a bulk confirmation) made in this session; returns the
         items as they are now. LibraError when there is none, or when another reviewer has
         decided the item since (their decision stands)."""
         if not self._undo:
             raise LibraError("nothing to undo in this session")
-        ids = self._undo.pop()
+        kind, ids = self._undo.pop()
+        undo = self.store.undo_refusal_review if kind == "refusal" else self.store.undo_review
         rows = []
         try:
             for result_id in reversed(ids):
-                rows.append(self.store.undo_review(result_id, reviewer=self.reviewer))
+                rows.append(undo(result_id, reviewer=self.reviewer))
         except LibraError:
             undone = {r.id for r in rows}
             rest = [i for i in ids if i not in undone]
             if rest and len(rest) < len(ids):
-                self._undo.append(rest)
+                self._undo.append((kind, rest))
             raise
         return rows
 

@@ -2,10 +2,11 @@
 
     .venv/bin/python tests/benchmarks/bench_refusal.py [--rules EXTRA.json] [--misses]
 
-The set has two splits. `dev`: answers written alongside the rules, plus two earlier
+The set has two splits. `dev`: answers written alongside the rules, plus three earlier
 held-out rounds that were read and then used to improve them (style `seen-holdout`):
 figures there show the styles the rules cover, not how they generalise. `holdout`: answers
-written after the rules were frozen and never used to change them: the honest estimate.
+written after the rules were frozen (rules v2; ids `holdout2-*`) and never used to change
+them: the honest estimate. A new round is written before the rules are run on it.
 "Refused" is the positive class.
 """
 

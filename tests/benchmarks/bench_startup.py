@@ -5,6 +5,9 @@
 Every part runs in a fresh process (a warm start is what a user pays on every command;
 the operating system's file cache is warm after the first round), with its own empty
 LIBRA_EDGE_HOME, so the model file's sha256 is measured both cold (hashed) and cached.
+The whole `check` runs three ways: without the header-state cache
+(LIBRA_EDGE_NO_STATE_CACHE=1: the header evaluated and the frame read, as before the
+cache), with a cold cache (the same, then the state saved) and with a warm one (restored).
 Prints the median of the rounds, in seconds, as a Markdown table.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -22,10 +26,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = ROOT / ".bench" / "qwen2.5-3b-random-q4_k_m.gguf"
+NO_STATE_CACHE = "LIBRA_EDGE_NO_STATE_CACHE"  # libra_edge.engine.header_state.DISABLE_ENV
 
 # Runs in the child: each step of `Guard.load` in turn, timed, as JSON on stdout.
 PARTS = r"""
-import json, sys, time
+import json, os, sys, time
 t = time.perf_counter()
 from libra_edge.engine import Guard, llama
 from libra_edge.engine.guard import default_threads
@@ -52,19 +57,30 @@ calibrate = {}
 class Timed(Guard):
     def _calibrate(self):
         t0 = time.perf_counter(); super()._calibrate(); calibrate["s"] = time.perf_counter() - t0
+settings = EngineSettings(threads=threads, gpu_layers=0)
 t = time.perf_counter()
-guard = Timed(lm, ctx, info, EngineSettings(threads=threads, gpu_layers=0))
-parts["Guard(): vocabulary, prompt tokens, calibration"] = time.perf_counter() - t
-parts["  of Guard(): calibration (header block, one frame)"] = calibrate["s"]
+guard = Timed(lm, ctx, info, settings)  # this process's LIBRA_EDGE_HOME is empty: a cold cache
+parts["Guard(), cold cache: vocabulary, prompt tokens, calibration, state saved"] = time.perf_counter() - t
+parts["  of it: calibration (header block, one frame)"] = calibrate["s"]
 t = time.perf_counter(); guard.check("你好", "你好，有什么可以帮你？", analysis=False)
 parts["first fast check (header reused)"] = time.perf_counter() - t
-guard.close()
+ctx2 = llama.Context(lm, ctx_per_seq=4096, n_seq=1, threads=threads)
+calibrate.clear()
+t = time.perf_counter()
+warm = Timed(lm, ctx2, info, settings)  # a second context of the same model: the saved state
+parts["Guard(), warm cache: vocabulary, prompt tokens, state restored"] = time.perf_counter() - t
+assert not calibrate, "the warm Guard calibrated: the cache was not used"
+t = time.perf_counter(); warm.check("你好", "你好，有什么可以帮你？", analysis=False)
+parts["first fast check after a restore (header reused)"] = time.perf_counter() - t
 print(json.dumps(parts))
+sys.stdout.flush()
+os._exit(0)  # two Guards share one model: let the process end free them
 """
 
 
 def fresh_env(home: Path) -> dict[str, str]:
     env = dict(os.environ)
+    env.pop(NO_STATE_CACHE, None)
     env.update(LIBRA_EDGE_HOME=str(home), HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     return env
 
@@ -91,11 +107,26 @@ def one_round(model: Path, threads: int) -> dict[str, float]:
         cmd = [sys.executable, "-m", "libra_edge", "check", "--fast", "--json", "-m", str(model)]
         if threads:
             cmd += ["--threads", str(threads)]
-        took, out = wall(cmd, env, stdin=pair)  # the sha256 is cached by the run above
-        timings = json.loads(out)["timings"]
-        row["`check --fast --json`, whole command (wall clock)"] = took
-        for key in ("start_s", "load_s", "judge_s", "wall_s"):  # absent before libra-edge reported them
-            row[f"  as `check` reports it: {key}"] = float(timings.get(key) or "nan")
+        # A home of its own (the parts' run above saved a state), with the sha256 it cached.
+        home = Path(tmp) / "check-home"
+        shutil.copytree(Path(tmp) / "home" / "cache", home / "cache")
+        scores = set()
+        for name, short, extra in [
+            ("no header-state cache (LIBRA_EDGE_NO_STATE_CACHE=1)", "no cache", {NO_STATE_CACHE: "1"}),
+            ("cold cache (header computed, state saved)", "cold", {}),
+            ("warm cache (state restored)", "warm", {}),
+        ]:
+            took, out = wall(cmd, {**fresh_env(home), **extra}, stdin=pair)
+            verdict = json.loads(out)
+            scores.add(float(verdict["score"]).hex())
+            timings = verdict["timings"]
+            row[f"`check --fast --json`, {name}: whole command (wall clock)"] = took
+            for key in ("load_s", "judge_s"):  # absent before libra-edge reported them
+                row[f"  {short}, as `check` reports it: {key}"] = float(timings.get(key) or "nan")
+        if len(scores) != 1:
+            raise SystemExit(f"the three checks scored differently: {sorted(scores)}")
+        (state,) = (home / "state").glob("*.bin")
+        row["size of the saved header state, MiB (not seconds)"] = state.stat().st_size / 2**20
         return row
 
 

@@ -33,7 +33,42 @@ DECISION_WORDS = {"confirm": "confirmed", "safe": "overridden → 安全", "unsa
 SPAN_STYLE = "bold reverse"
 CUT_MARK = "cut short: the token cap (--max-tokens) or the context ran out; the verdict is whole"
 
-__all__ = ["DetailScreen", "ResultList", "response_text"]
+__all__ = ["DetailScreen", "ResultList", "has_refusal", "refusal_text", "response_text"]
+
+
+def has_refusal(row: ResultRow) -> bool:
+    """Whether the item is an answer with a refusal mark (from `audit ask`) or a reviewer's refusal decision."""
+    return isinstance(row.fields.get("refusal"), dict) or row.refusal_review is not None
+
+
+def refusal_text(row: ResultRow) -> Text:
+    """The refusal rules' mark with its evidence, and the reviewer's decision (which counts first)."""
+    mark = row.fields.get("refusal")
+    text = Text()
+    if isinstance(mark, dict):
+        refused = bool(mark.get("refused"))
+        text.append("rules: ", style="dim")
+        text.append("refused" if refused else "not refused", style="bold")
+        if refused and mark.get("rule"):
+            text.append(f" · rule {mark['rule']} · phrase 「{mark.get('phrase') or ''}」")
+            if mark.get("at") is not None:
+                text.append(f" at character {mark['at']}")
+        excepted = mark.get("excepted") or []
+        if excepted:
+            text.append(f" · excepted: {', '.join(str(e) for e in excepted)}", style="dim")
+        if mark.get("rules"):
+            text.append(f" ({mark['rules']})", style="dim")
+    else:
+        text.append("rules: no mark stored with this answer", style="dim")
+    text.append("\nreviewer: ", style="dim")
+    if row.refusal_review is None:
+        text.append("no decision (the rules' mark counts) · r refused · a not refused", style="italic")
+    else:
+        who = f" by {row.refusal_reviewer}" if row.refusal_reviewer else ""
+        when = f" {row.refusal_reviewed_at[:16].replace('T', ' ')}" if row.refusal_reviewed_at else ""
+        text.append("refused" if row.refusal_review else "not refused", style="bold")
+        text.append(f"{who}{when} · counts in the report", style="dim")
+    return text
 
 
 def response_text(row: ResultRow) -> Text:
@@ -66,6 +101,11 @@ class DetailScreen(Screen[None]):
         Binding("x", "review('')", "Clear", tooltip="Clear the decision (undo restores it)."),
         Binding("z", "undo", "Undo"),
         Binding("e", "edit_note", "Note"),
+        Binding("r", "refusal(True)", "Refused",
+                tooltip="Decide the answer is a refusal (the refusal assessments; z undoes it). "
+                        "Shown on answers `audit ask` marked."),
+        Binding("a", "refusal(False)", "Not refused",
+                tooltip="Decide the answer is not a refusal, whatever the refusal rules marked (z undoes it)."),
         Binding("n", "queue(1)", "Next", tooltip="Next flagged item without a decision in the list it was opened from."),
         Binding("p", "queue(-1)", "Prev", tooltip="Previous flagged item without a decision in that list."),
     ]
@@ -89,6 +129,7 @@ class DetailScreen(Screen[None]):
             yield Static("", id="detail-conversation", classes="detail-text", markup=False)
             yield Static("", id="detail-question", classes="detail-text", markup=False)
             yield Static("", id="detail-response", classes="detail-text", markup=False)
+            yield Static("", id="detail-refusal", classes="detail-text", markup=False)
             yield Static("", id="detail-analysis", classes="detail-text", markup=False)
             yield Static("", id="detail-gold", classes="detail-text", markup=False)
         yield ReviewPanel(id="review")
@@ -99,6 +140,7 @@ class DetailScreen(Screen[None]):
         self.query_one("#detail-response").border_title = "回答 response"
         self.query_one("#detail-analysis").border_title = "分析 analysis (model)"
         self.query_one("#detail-conversation").border_title = "对话 conversation"
+        self.query_one("#detail-refusal").border_title = "拒答 refusal"
         self._show(self.row)
         self.query_one("#detail-body").focus()
 
@@ -148,8 +190,12 @@ class DetailScreen(Screen[None]):
         conversation.display = False
         if row.conversation_id is not None:
             self._load_conversation(row.run_id, row.conversation_id, row.id)
+        refusal = self.query_one("#detail-refusal", Static)
+        refusal.display = has_refusal(row)
+        refusal.update(refusal_text(row))
         self.query_one("#detail-body", VerticalScroll).scroll_home(animate=False)
         self.query_one(ReviewPanel).show(row)
+        self.refresh_bindings()  # r / a are offered on answers with a refusal mark only
 
     # -- the conversation around a transcript turn ------------------------------------------
     @work(thread=True, exclusive=True, group="detail-conversation")
@@ -180,6 +226,22 @@ class DetailScreen(Screen[None]):
         box.display = True
 
     # -- review -----------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "refusal":
+            return has_refusal(self.row)
+        return True
+
+    def action_refusal(self, refused: bool) -> None:
+        """Decide whether the answer is a refusal (the reviewer's decision counts before the rules')."""
+        try:
+            row = self.libra.session.decide_refusal(self.row.id, refused)
+        except Exception as exc:
+            failed = WorkFailed.of("saving the refusal decision", exc)
+            self.notify(failed.message, title="decision not saved", severity="error", timeout=8)
+            return
+        self._show(row)
+        self.notify(f"item {row.seq + 1}: {'refused' if refused else 'not refused'} (reviewer's decision)", timeout=2)
+
     def action_review(self, decision: str) -> None:
         """Decide this item (`''` clears the decision); the note field's text is saved with it."""
         note = self.query_one("#note", Input).value.strip() or None

@@ -1,0 +1,114 @@
+"""Reviewers' decisions on the refusal mark of an answer (the two refusal assessments of an audit).
+
+`audit ask` marks each answer `refused` (or not) by the refusal rules; a reviewer who reads
+the answer may decide otherwise. The decision is kept beside the verdict review, in its own
+columns (`refusal_review`, `refusal_reviewer`, `refusal_reviewed_at`) and its own append-only
+history (`refusal_history`), since it answers another question than the verdict: did the
+service decline to answer, not was the answer safe. `audit report` counts it before the
+rule's mark, and the report's integrity digest covers it.
+
+`RefusalReviews` is a part of `Store` (mixed in): it uses the store's connection, lock and
+`transaction`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from contextlib import AbstractContextManager
+from datetime import datetime, timezone
+from typing import Any
+
+from libra_edge.errors import LibraError
+from libra_edge.store.rows import RefusalEvent, ResultRow, refusal_event_from_row
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class RefusalReviews:
+    """The store's refusal-review methods (see the module's docstring)."""
+
+    _conn: sqlite3.Connection
+    _lock: threading.RLock
+
+    def transaction(self) -> AbstractContextManager[Any]:  # pragma: no cover - Store's
+        raise NotImplementedError
+
+    def result(self, result_id: int) -> ResultRow:  # pragma: no cover - Store's
+        raise NotImplementedError
+
+    def set_refusal_review(self, result_id: int, refused: bool | None, *,
+                           reviewer: str | None = None) -> ResultRow:
+        """Record a reviewer's decision that the answer is a refusal (True) or not (False);
+        None clears it (the rule's mark counts again). The history keeps every state."""
+        with self.transaction():
+            current = self._refusal_state(result_id)
+            stamp = _now()
+            value = None if refused is None else int(bool(refused))
+            self._conn.execute(
+                "UPDATE results SET refusal_review = ?, refusal_reviewer = ?, refusal_reviewed_at = ? WHERE id = ?",
+                (value, None if value is None else reviewer, None if value is None else stamp, result_id))
+            self._conn.execute(
+                "INSERT INTO refusal_history (result_id, run_id, seq, refused, reviewer, decided_at, action)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (result_id, current["run_id"], current["seq"], value, reviewer, stamp,
+                 "clear" if value is None else "decide"))
+        return self.result(result_id)
+
+    def undo_refusal_review(self, result_id: int, *, reviewer: str | None = None) -> ResultRow:
+        """Undo the latest refusal decision on an item, restoring the one before (or none).
+
+        An `undo` entry is appended; with `reviewer`, someone else's decision is not undone.
+        """
+        with self.transaction():
+            current = self._refusal_state(result_id)
+            stack = _stack(self.refusal_history(result_id=result_id))
+            if not stack:
+                raise LibraError(f"item {current['seq'] + 1}: no refusal decision to undo")
+            last = stack.pop()
+            if reviewer is not None and last.reviewer not in (None, reviewer):
+                raise LibraError(f"item {current['seq'] + 1}: the latest refusal decision is {last.reviewer}'s "
+                                 f"({last.decided_at}): not undone")
+            before = stack[-1] if stack else None
+            value = None if before is None or before.refused is None else int(before.refused)
+            self._conn.execute(
+                "UPDATE results SET refusal_review = ?, refusal_reviewer = ?, refusal_reviewed_at = ? WHERE id = ?",
+                (value, before.reviewer if before and value is not None else None,
+                 before.decided_at if before and value is not None else None, result_id))
+            self._conn.execute(
+                "INSERT INTO refusal_history (result_id, run_id, seq, refused, reviewer, decided_at, action)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'undo')",
+                (result_id, current["run_id"], current["seq"], value, reviewer, _now()))
+        return self.result(result_id)
+
+    def refusal_history(self, *, run_id: int | None = None, result_id: int | None = None) -> list[RefusalEvent]:
+        """Refusal-review events of one item or one run, oldest first."""
+        if (run_id is None) == (result_id is None):
+            raise LibraError("refusal_history: give run_id or result_id")
+        column, value = ("result_id", result_id) if result_id is not None else ("run_id", run_id)
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT * FROM refusal_history WHERE {column} = ? ORDER BY id", (value,)).fetchall()
+        return [refusal_event_from_row(r) for r in rows]
+
+    def _refusal_state(self, result_id: int) -> sqlite3.Row:
+        row: sqlite3.Row | None = self._conn.execute(
+            "SELECT id, run_id, seq, refusal_review FROM results WHERE id = ?", (result_id,)).fetchone()
+        if row is None:
+            raise LibraError(f"no result {result_id}")
+        return row
+
+
+def _stack(events: list[RefusalEvent]) -> list[RefusalEvent]:
+    """The decisions still in force, oldest first (each undo pops one)."""
+    stack: list[RefusalEvent] = []
+    for event in events:
+        if event.action == "undo":
+            if stack:
+                stack.pop()
+        else:
+            stack.append(event)
+    return stack
+
