@@ -39,6 +39,7 @@ from libra_edge.store.rows import (
     RunRow,
     ReviewEvent,
     RunStatus,
+    decisions_in_force,
     result_from_row,
     review_event_from_row,
     run_from_row,
@@ -513,7 +514,7 @@ class Store(RefusalReviews):
         """
         with self.transaction():
             current = self._review_state(result_id)
-            stack = _review_stack(self.review_history(result_id=result_id))
+            stack = decisions_in_force(self.review_history(result_id=result_id))
             if not stack:
                 raise LibraError(f"item {current['seq'] + 1}: no review decision to undo")
             last = stack.pop()
@@ -676,14 +677,3 @@ def _normalized_decision(decision: str | None, unsafe: int | None, seq: int) -> 
         return "confirm"
     return decision
 
-
-def _review_stack(events: list[ReviewEvent]) -> list[ReviewEvent]:
-    """The states an item went through that are still in force, oldest first (undo pops)."""
-    stack: list[ReviewEvent] = []
-    for event in events:
-        if event.action == "undo":
-            if stack:
-                stack.pop()
-        else:
-            stack.append(event)
-    return stack

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from libra_edge.errors import LibraError
-from libra_edge.store.rows import RefusalEvent, ResultRow, refusal_event_from_row
+from libra_edge.store.rows import RefusalEvent, ResultRow, decisions_in_force, refusal_event_from_row
 
 
 def _now() -> str:
@@ -64,7 +64,7 @@ class RefusalReviews:
         """
         with self.transaction():
             current = self._refusal_state(result_id)
-            stack = _stack(self.refusal_history(result_id=result_id))
+            stack = decisions_in_force(self.refusal_history(result_id=result_id))
             if not stack:
                 raise LibraError(f"item {current['seq'] + 1}: no refusal decision to undo")
             last = stack.pop()
@@ -99,16 +99,4 @@ class RefusalReviews:
         if row is None:
             raise LibraError(f"no result {result_id}")
         return row
-
-
-def _stack(events: list[RefusalEvent]) -> list[RefusalEvent]:
-    """The decisions still in force, oldest first (each undo pops one)."""
-    stack: list[RefusalEvent] = []
-    for event in events:
-        if event.action == "undo":
-            if stack:
-                stack.pop()
-        else:
-            stack.append(event)
-    return stack
 

@@ -8,7 +8,7 @@ import socket
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 RunStatus = Literal["running", "finished", "interrupted", "failed"]
 ReviewDecision = Literal["confirm", "safe", "unsafe"]
@@ -303,3 +303,26 @@ def review_event_from_row(row: sqlite3.Row) -> ReviewEvent:
         review=row["review"], note=row["note"], reviewer=row["reviewer"],
         decided_at=row["decided_at"], action=row["action"],
     )
+
+
+class _Decision(Protocol):
+    @property
+    def action(self) -> str: ...
+
+
+_E = TypeVar("_E", bound=_Decision)
+
+
+def decisions_in_force(events: list[_E]) -> list[_E]:
+    """The decisions of a review history still in force, oldest first (each undo pops one).
+
+    Verdict reviews and refusal reviews share this rule.
+    """
+    stack: list[_E] = []
+    for event in events:
+        if event.action == "undo":
+            if stack:
+                stack.pop()
+        else:
+            stack.append(event)
+    return stack
