@@ -35,30 +35,23 @@ from libra_edge.engine.grammar import (
 )
 from libra_edge.engine.normalize import map_span, normalize_text
 from libra_edge.engine.prompt import (
-    PROMPT_HEADER,
     PROMPT_TEMPLATE_VERSION,
-    QUESTION_PREFIX,
     SAFE,
     UNSAFE,
     build_user_message,
 )
 from libra_edge.engine.settings import EngineSettings, GpuLayers
 from libra_edge.engine import threads as threads_policy
-from libra_edge.engine.windows import split_windows
+from libra_edge.engine import planning
 from libra_edge.errors import LibraError, ModelError
 from libra_edge.models.ggufinfo import GGUFInfo, read_model_info
 from libra_edge.verdicts import label_at
 
-# Marks the place where a too-long text was cut to fit the context.
-TRUNCATION_MARK = "\n……\n"
 # The JSON frame as the authors' prompt shows it: the drafts' starting point.
 OPENING_DRAFT = '{\n  "答案": "'
 MIDDLE_DRAFT = '",\n  "分析": "'
 # The pair a model's own frame is read from when it loads (see Guard._calibrate).
 CALIBRATION_PAIR = ("你好", "你好，有什么可以帮你？")
-# Window overlap for long responses, in tokens of the window budget (a passage cut at a
-# window's edge is read whole by the next window).
-WINDOW_OVERLAP = 0.15
 
 
 @dataclass(frozen=True)
@@ -140,13 +133,6 @@ def _is_text(raw: bytes) -> bool:
     return True
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n, end = 0, min(len(a), len(b))
-    while n < end and a[n] == b[n]:
-        n += 1
-    return n
-
-
 @dataclass
 class _Prepared:
     """One pair made ready for the model: the text judged and its prompt blocks."""
@@ -170,6 +156,25 @@ class _Pending:
     logits: np.ndarray | None = None
     stream: JsonStringStream | None = None
     forced: list[int] = field(default_factory=list)  # the label's tokens, chosen by the score
+
+
+class _PlanningTokenizer:
+    """The guard's tokenizer as prompt planning (planning.Tokenizer) sees it."""
+
+    def __init__(self, guard: Guard) -> None:
+        self._guard = guard
+
+    def plain(self, text: str) -> list[int]:
+        return self._guard._plain(text)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self._guard._decoder.detokenize(tokens)
+
+    def prompt(self, user_message: str) -> list[int]:
+        return self._guard._prompt_tokens(user_message)
+
+    def before(self) -> list[int]:
+        return self._guard._before
 
 
 class Guard:
@@ -204,24 +209,10 @@ class Guard:
         self._middle_draft = self._decoder.tokenize(MIDDLE_DRAFT)
         rendered = self._template.render(build_user_message("", ""))
         self._before = self._decoder.tokenize(rendered.before, special=True, add_bos=True)
-        self._header = self._header_tokens()
-        self._overhead = len(self._prompt_tokens(build_user_message("", "")))
+        self._tokens = _PlanningTokenizer(self)
+        self._header = planning.header_tokens(self._tokens)
+        self._overhead = planning.overhead(self._tokens)
         self._ready_header()
-
-    def _header_tokens(self) -> list[int]:
-        """The header block: the prompt's tokens up to the question, the same for every pair.
-
-        It runs through "# 对话\n人类的问题：" except where that text's last tokens can merge
-        with a question's first characters: the block is the common prefix of the prompts
-        of questions starting with a letter, a digit, a CJK character, punctuation or space.
-        """
-        probes = ["", "a", "A", "1", "你", "，", "“", " ", "\n", "ｂ", "😀", "<"]
-        prompts = [self._prompt_tokens(build_user_message(q + "x", "y")) for q in probes]
-        n = min(len(p) for p in prompts)
-        end = 0
-        while end < n and all(p[end] == prompts[0][end] for p in prompts):
-            end += 1
-        return prompts[0][:end]
 
     def _calibrate(self) -> None:
         """Fix this model's frame drafts: the frame it writes for one fixed pair.
@@ -477,70 +468,18 @@ class Guard:
 
     def _prepare(self, question: str, response: str) -> _Prepared:
         """Tokens and blocks of the prompt for one (already fitted) pair."""
-        prompt = self._prompt_tokens(build_user_message(question, response))
-        h = min(_common_prefix(prompt, self._header), len(self._header), len(prompt) - 1)
-        through_question = self._before + self._plain(
-            PROMPT_HEADER + "\n# 对话\n" + QUESTION_PREFIX + question + "\n"
-        )
-        q = max(h, min(_common_prefix(prompt, through_question), len(through_question), len(prompt) - 1))
-        blocks = [Block(0, tuple(prompt[:h]))]
-        if q > h:
-            blocks.append(Block(h, tuple(prompt[h:q])))
-        return _Prepared(prompt, blocks, prompt[q:], truncated=False)
+        pb = planning.prompt_blocks(question, response, self._header, self._tokens)
+        return _Prepared(pb.prompt, pb.blocks, pb.rest, truncated=False)
 
     def _budget(self) -> int:
-        """Tokens the question and response may take together in one sequence.
-
-        The same in fast and full mode (the output's room is always kept), so a pair is
-        cut or windowed the same way, and scored the same, whatever the mode.
-        """
-        reserve = FRAME_RESERVE_TOKENS + self.max_new_tokens
-        budget = self._decoder.n_ctx_seq - self._overhead - reserve
-        if budget < 32:
-            raise LibraError(
-                f"context of {self._decoder.n_ctx_seq} tokens"
-                + (f" per sequence ({self.parallel} parallel)" if self.parallel > 1 else "")
-                + f" is too small for the prompt ({self._overhead} tokens) and output; raise --ctx"
-            )
-        return budget
-
-    def _head_tail(self, text: str, tokens: list[int], keep: int) -> str:
-        if len(tokens) <= keep:
-            return text
-        keep = max(2, keep - 8)  # room for the mark and boundary merges
-        head = self._decoder.detokenize(tokens[: keep - keep // 2])
-        tail = self._decoder.detokenize(tokens[len(tokens) - keep // 2 :])
-        return head + TRUNCATION_MARK + tail
-
-    def _fit_question(self, question: str, budget: int) -> tuple[str, list[int], bool]:
-        """The question, cut head+tail to at most half the budget."""
-        q = self._plain(question)
-        if len(q) <= budget // 2:
-            return question, q, False
-        cut = self._head_tail(question, q, budget // 2)
-        return cut, self._plain(cut), True
+        """Tokens the question and response may take together in one sequence (planning.budget)."""
+        return planning.budget(self._decoder.n_ctx_seq, self._overhead, FRAME_RESERVE_TOKENS + self.max_new_tokens,
+                               parallel=self.parallel)
 
     def _plan(self, question: str, response: str) -> tuple[str, list[tuple[str, tuple[int, int]]], bool]:
-        """The question to judge and the response windows (text, span in `response`).
-
-        One window holding the whole response when it fits. Otherwise, with
-        `long="chunk"`, overlapping windows on sentence boundaries; with `truncate`, the
-        head and tail of the response. Questions longer than half the budget are cut.
-        """
-        budget = self._budget()
-        if len(question.encode()) + len(response.encode()) <= budget:  # >= 1 byte per token
-            return question, [(response, (0, len(response)))], False
-        question, q_tokens, q_cut = self._fit_question(question, budget)
-        room = budget - len(q_tokens)
-        r_tokens = self._plain(response)
-        if len(r_tokens) <= room:
-            return question, [(response, (0, len(response)))], q_cut
-        if self.settings.long == "truncate":
-            return question, [(self._head_tail(response, r_tokens, room), (0, len(response)))], True
-        spans = split_windows(
-            response, lambda s: len(self._plain(s)), budget=room - 4, overlap=int(room * WINDOW_OVERLAP)
-        )
-        return question, [(response[a:b], (a, b)) for a, b in spans], q_cut
+        """The question to judge and the response windows (text, span in `response`): planning.plan."""
+        p = planning.plan(question, response, self._budget(), self.settings.long, self._tokens)
+        return p.question, [(w.text, w.span) for w in p.windows], p.truncated
 
     # ------------------------------------------------------------------- check
     def check(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 from libra_edge.engine.decoding import Block
 from libra_edge.engine.prompt import PROMPT_HEADER, QUESTION_PREFIX, build_user_message
@@ -143,8 +143,11 @@ def fit_question(question: str, room: int, tok: Tokenizer) -> tuple[str, list[in
     return cut, tok.plain(cut), True
 
 
-def plan(question: str, response: str, room: int, long: Literal["chunk", "truncate"], tok: Tokenizer) -> Plan:
-    """The question to judge and the response's windows, for a budget of `room` tokens."""
+def plan(question: str, response: str, room: int, long: str, tok: Tokenizer) -> Plan:
+    """The question to judge and the response's windows, for a budget of `room` tokens.
+
+    `long` is EngineSettings.long: "truncate" keeps the head and tail, else windows.
+    """
     whole = (Window(response, (0, len(response))),)
     if len(question.encode()) + len(response.encode()) <= room:  # >= 1 byte per token
         return Plan(question, whole, False)
