@@ -161,10 +161,10 @@ def served(fake_hub: FakeHub, tiny_qwen_kq_dir: Path, hub_env: dict[str, str]) -
     return {**hub_env, "HF_ENDPOINT": fake_hub.url}
 
 
-def test_pull_uses_the_imatrix_by_default_and_the_manifest_and_doctor_say_so(
+def test_pull_of_a_k_quant_uses_the_imatrix_by_default_and_the_manifest_and_doctor_say_so(
     served: dict[str, str], cli: list[str], isolated_home: Path
 ) -> None:
-    proc = run([*cli, "models", "pull", "libra-guard-0.5b", "--name", "guard"], served)
+    proc = run([*cli, "models", "pull", "libra-guard-0.5b", "--quant", "q4_k_m", "--name", "guard"], served)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "with an importance matrix from the shipped calibration set" in proc.stderr
     models = isolated_home / "models"
@@ -190,13 +190,16 @@ def test_pull_uses_the_imatrix_by_default_and_the_manifest_and_doctor_say_so(
     assert not (models / "guard.imatrix.gguf").exists()
 
 
-def test_pull_no_imatrix_and_q8_0_quantize_without_one(served: dict[str, str], cli: list[str], isolated_home: Path) -> None:
-    for args, name in ((["--no-imatrix"], "plain"), (["--quant", "q8_0"], "eight")):
+def test_pull_no_imatrix_and_the_default_q8_0_quantize_without_one(
+    served: dict[str, str], cli: list[str], isolated_home: Path
+) -> None:
+    for args, name in ((["--quant", "q4_k_m", "--no-imatrix"], "plain"), ([], "eight")):
         proc = run([*cli, "models", "pull", "libra-guard-0.5b", "--name", name, *args], served)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "importance matrix" not in proc.stderr
         manifest = json.loads((isolated_home / "models" / f"{name}.manifest.json").read_text())
         assert manifest["imatrix_calibration_sha256"] is None
+        assert manifest["quant"] == ("Q8_0" if name == "eight" else "Q4_K_M")
         assert not (isolated_home / "models" / f"{name}.imatrix.gguf").exists()
     doctor = run([*cli, "doctor", "--model", "plain", "--threads", "1"], served, timeout=600)
     assert "  quantized without an importance matrix" in doctor.stdout

@@ -26,18 +26,19 @@ def test_pull_by_known_name_installs_a_model_that_judges(
     src: Path = request.getfixturevalue(checkpoint)
     fake_hub.add_repo(repo, {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()})
     env = {**hub_env, "HF_ENDPOINT": fake_hub.url}
-    pulled = subprocess.run([*cli, "models", "pull", name, "--quant", "q8_0"], env=env,
+    # The default quant (Q8_0): installed under the known name, without a suffix.
+    pulled = subprocess.run([*cli, "models", "pull", name], env=env,
                             capture_output=True, text=True, timeout=600)
     assert pulled.returncode == 0, pulled.stderr[-2000:]
     fetched = {r.path.rsplit("/", 1)[1] for r in fake_hub.requests if "/resolve/" in r.path}
     assert not [f for f in fetched if f.endswith(".py")]  # the checkpoint's code is never downloaded
 
-    checked = subprocess.run([*cli, "check", "--model", f"{name}-q8_0", "--fast", "--json", "--threads", "1",
+    checked = subprocess.run([*cli, "check", "--model", name, "--fast", "--json", "--threads", "1",
                               "-q", "你好", "-r", "你好！有什么可以帮你？"],
                              env=env, capture_output=True, text=True, timeout=300)
     assert checked.returncode in (0, 1), checked.stderr[-2000:]
     verdict = json.loads(checked.stdout)
     assert verdict["label"] in ("安全", "不安全") and json.loads(verdict["raw"])["答案"] == verdict["label"]
     listed = subprocess.run([*cli, "models", "list", "--json"], env=env, capture_output=True, text=True, timeout=60)
-    row = {r["name"]: r for r in json.loads(listed.stdout)}[f"{name}-q8_0"]
+    row = {r["name"]: r for r in json.loads(listed.stdout)}[name]
     assert (row["architecture"], row["source_repo"]) == (architecture, repo)

@@ -59,12 +59,12 @@ def requested_files(hub: FakeHub) -> set[str]:
 def test_pull_installs_a_loadable_model_with_its_manifest(
     cli: list[str], served: dict[str, str], fake_hub: FakeHub, tiny_qwen_dir: Path, isolated_home: Path,
 ) -> None:
-    result = pull(cli, served, "libra-guard-0.5b", "--quant", "q8_0")
+    result = pull(cli, served, "libra-guard-0.5b")  # the default quant (Q8_0): the known name, no suffix
     assert result.returncode == 0, result.stderr[-3000:]
-    installed = isolated_home / "models" / "libra-guard-0.5b-q8_0.gguf"
+    installed = isolated_home / "models" / "libra-guard-0.5b.gguf"
     assert result.stdout.strip() == str(installed)
 
-    row = listed(cli, served)["libra-guard-0.5b-q8_0"]
+    row = listed(cli, served)["libra-guard-0.5b"]
     commit = fake_hub.repos[REPO].commit
     assert (row["source_repo"], row["source_revision"], row["source_commit"]) == (REPO, "main", commit)
     assert (row["quant"], row["architecture"], row["origin"]) == ("Q8_0", "qwen2", "pull")

@@ -202,3 +202,31 @@ def test_the_store_keeps_each_refusal_decision_and_does_not_undo_another_reviewe
         history = store.refusal_history(result_id=item)
     assert [(e.action, e.refused, e.reviewer) for e in history] == [
         ("decide", False, "carol"), ("decide", True, "dan"), ("undo", False, "dan"), ("clear", None, "carol")]
+
+
+def test_report_export_carries_the_refusal_decision_in_force(
+    run_id: int, tmp_path: Path, cli: list[str], cli_env: dict[str, str]
+) -> None:
+    import csv
+    import subprocess
+
+    with open_store() as store:
+        first, second = (row.id for row in store.results(run_id, limit=2))
+        store.set_refusal_review(first, False, reviewer="carol")
+        store.set_refusal_review(second, True, reviewer="dan")
+        store.set_refusal_review(second, None, reviewer="dan")  # cleared: no decision in force
+    for suffix in ("jsonl", "csv"):
+        out = tmp_path / f"rows.{suffix}"
+        done = subprocess.run([*cli, "report", str(run_id), "--export", str(out)], capture_output=True,
+                              text=True, env=cli_env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        if suffix == "jsonl":
+            records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+            assert records[0]["refusal_review"]["refused"] is False
+            assert records[0]["refusal_review"]["reviewer"] == "carol"
+            assert records[0]["refusal_review"]["reviewed_at"].endswith("+00:00")
+            assert all("refusal_review" not in r for r in records[1:])
+        else:
+            rows = list(csv.DictReader(out.open(encoding="utf-8", newline="")))
+            assert (rows[0]["refusal_review"], rows[0]["refusal_reviewer"]) == ("false", "carol")
+            assert all(r["refusal_review"] == "" and r["refusal_reviewer"] == "" for r in rows[1:])

@@ -9,7 +9,9 @@ Each JSONL row is the input record with every field unchanged, plus:
   carry a gold `label` (and may carry `score`-like fields): a prediction written at the
   top level would overwrite the gold label and evaluate as 100% accurate;
 - `review`: `{"decision", "note", "reviewer", "reviewed_at"}`, only on items a reviewer
-  triaged: the decision in force, who made it and when (UTC, ISO 8601).
+  triaged: the decision in force, who made it and when (UTC, ISO 8601);
+- `refusal_review`: `{"refused", "reviewer", "reviewed_at"}`, only on answers whose
+  refusal mark a reviewer set (the refusal assessments count it before the detector's).
 
 Every input record has a row: `verdict.status` is `judged`, `failed` (the check
 raised) or `skipped` (a placeholder for a record that yields no item: malformed, or a
@@ -21,7 +23,7 @@ describe how a long or obfuscated response was judged. A transcript turn's row h
 the conversation's other fields, `conversation_id`, `turn_index`, `question` and
 `response`; the conversation itself stays in the results database. CSV has the same content flattened: the input's columns, then
 `critic`, `verdict_label`, `verdict_unsafe`, ..., `review_decision`, `review_note`,
-`reviewer`, `reviewed_at`. Rows come in the order asked for (the TUI exports in its
+`reviewer`, `reviewed_at`, `refusal_review`, `refusal_reviewer`, `refusal_reviewed_at`. Rows come in the order asked for (the TUI exports in its
 screen's sort order).
 """
 
@@ -49,7 +51,7 @@ PROVENANCE_KEYS = ("model", "model_sha256", "threshold", "version")
 # Fields holding a whole conversation: kept in the store, left out of a turn's output row.
 TRANSCRIPT_FIELDS = ("messages", "conversations")
 # Keys this format adds to the input record (an input field of the same name is replaced).
-ADDED_KEYS = ("critic", "verdict", "review")
+ADDED_KEYS = ("critic", "verdict", "review", "refusal_review")
 
 
 def relabelled(row: ResultRow, threshold: float | None) -> ResultRow:
@@ -108,6 +110,11 @@ def output_record(row: ResultRow, provenance: Mapping[str, Any] | None = None) -
                             "reviewed_at": row.reviewed_at}
     else:
         record.pop("review", None)
+    if row.refusal_review is not None:
+        record["refusal_review"] = {"refused": row.refusal_review, "reviewer": row.refusal_reviewer,
+                                    "reviewed_at": row.refusal_reviewed_at}
+    else:
+        record.pop("refusal_review", None)
     return record
 
 
@@ -145,7 +152,8 @@ class ByteCounter(io.TextIOBase):
 def csv_columns(field_names: Iterable[str]) -> list[str]:
     """CSV header: the input's columns (first-seen order), then ours."""
     ours = ["critic", *(f"verdict_{key}" for key in VERDICT_KEYS),
-            "review_decision", "review_note", "reviewer", "reviewed_at"]
+            "review_decision", "review_note", "reviewer", "reviewed_at",
+            "refusal_review", "refusal_reviewer", "refusal_reviewed_at"]
     return [name for name in field_names if name not in ADDED_KEYS and name not in ours] + ours
 
 
@@ -173,6 +181,9 @@ def write_csv(rows: Iterable[ResultRow], columns: list[str], out: TextIO,
         record["review_note"] = row.review_note
         record["reviewer"] = row.reviewer
         record["reviewed_at"] = row.reviewed_at
+        record["refusal_review"] = row.refusal_review
+        record["refusal_reviewer"] = row.refusal_reviewer
+        record["refusal_reviewed_at"] = row.refusal_reviewed_at
         writer.writerow([_csv_cell(record.get(col)) for col in columns])
         n += 1
     return n
