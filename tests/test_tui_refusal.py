@@ -8,7 +8,9 @@ so the refusal rate it prints follows the reviewer's decision, and undo restores
 
 from __future__ import annotations
 
+import csv
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -207,9 +209,6 @@ def test_the_store_keeps_each_refusal_decision_and_does_not_undo_another_reviewe
 def test_report_export_carries_the_refusal_decision_in_force(
     run_id: int, tmp_path: Path, cli: list[str], cli_env: dict[str, str]
 ) -> None:
-    import csv
-    import subprocess
-
     with open_store() as store:
         first, second = (row.id for row in store.results(run_id, limit=2))
         store.set_refusal_review(first, False, reviewer="carol")

@@ -23,8 +23,8 @@ describe how a long or obfuscated response was judged. A transcript turn's row h
 the conversation's other fields, `conversation_id`, `turn_index`, `question` and
 `response`; the conversation itself stays in the results database. CSV has the same content flattened: the input's columns, then
 `critic`, `verdict_label`, `verdict_unsafe`, ..., `review_decision`, `review_note`,
-`reviewer`, `reviewed_at`, `refusal_review`, `refusal_reviewer`, `refusal_reviewed_at`. Rows come in the order asked for (the TUI exports in its
-screen's sort order).
+`reviewer`, `reviewed_at`, `refusal_review`, `refusal_reviewer`, `refusal_reviewed_at`.
+Rows come in the order asked for (the TUI exports in its screen's sort order).
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ PROVENANCE_KEYS = ("model", "model_sha256", "threshold", "version")
 TRANSCRIPT_FIELDS = ("messages", "conversations")
 # Keys this format adds to the input record (an input field of the same name is replaced).
 ADDED_KEYS = ("critic", "verdict", "review", "refusal_review")
+# CSV's review columns, after the verdict's (`_review_cells` fills them).
+REVIEW_COLUMNS = ("review_decision", "review_note", "reviewer", "reviewed_at",
+                  "refusal_review", "refusal_reviewer", "refusal_reviewed_at")
 
 
 def relabelled(row: ResultRow, threshold: float | None) -> ResultRow:
@@ -151,9 +154,7 @@ class ByteCounter(io.TextIOBase):
 
 def csv_columns(field_names: Iterable[str]) -> list[str]:
     """CSV header: the input's columns (first-seen order), then ours."""
-    ours = ["critic", *(f"verdict_{key}" for key in VERDICT_KEYS),
-            "review_decision", "review_note", "reviewer", "reviewed_at",
-            "refusal_review", "refusal_reviewer", "refusal_reviewed_at"]
+    ours = ["critic", *(f"verdict_{key}" for key in VERDICT_KEYS), *REVIEW_COLUMNS]
     return [name for name in field_names if name not in ADDED_KEYS and name not in ours] + ours
 
 
@@ -164,6 +165,13 @@ def _csv_cell(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, ensure_ascii=False)
+
+
+def _review_cells(row: ResultRow) -> dict[str, Any]:
+    """A row's REVIEW_COLUMNS: the verdict review and the refusal review in force."""
+    return dict(zip(REVIEW_COLUMNS, (row.review, row.review_note, row.reviewer, row.reviewed_at,
+                                     row.refusal_review, row.refusal_reviewer, row.refusal_reviewed_at),
+                    strict=True))
 
 
 def write_csv(rows: Iterable[ResultRow], columns: list[str], out: TextIO,
@@ -177,13 +185,7 @@ def write_csv(rows: Iterable[ResultRow], columns: list[str], out: TextIO,
         record["critic"] = row.raw if row.raw is not None else ""
         for key, value in verdict_object(row, provenance).items():
             record[f"verdict_{key}"] = value
-        record["review_decision"] = row.review
-        record["review_note"] = row.review_note
-        record["reviewer"] = row.reviewer
-        record["reviewed_at"] = row.reviewed_at
-        record["refusal_review"] = row.refusal_review
-        record["refusal_reviewer"] = row.refusal_reviewer
-        record["refusal_reviewed_at"] = row.refusal_reviewed_at
+        record.update(_review_cells(row))
         writer.writerow([_csv_cell(record.get(col)) for col in columns])
         n += 1
     return n
