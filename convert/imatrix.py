@@ -45,7 +45,7 @@ KEY_TOKENS = "libra_edge.imatrix.n_tokens"
 # sha256 of the F32/F16/BF16 GGUF the matrix was computed from (set by convert --imatrix
 # auto, which reuses a saved matrix only for the same source).
 KEY_SOURCE_SHA256 = "libra_edge.imatrix.source_sha256"
-# The assistant text the engine evaluates after the prompt (guard.OPENING_DRAFT): the
+# The assistant text the engine evaluates after the prompt (checker.OPENING_DRAFT): the
 # verdict is read at its end, so the calibration covers exactly what a fast check runs.
 OPENING = '{\n  "答案": "'
 # F32, F16 and BF16 whole-file types (llama_ftype): what the matrix is computed from.
@@ -293,7 +293,7 @@ class Imatrix:
 def prompt_token_lists(model: Any, pairs: Sequence[Pair]) -> list[list[int]]:
     """Tokens the engine evaluates for a fast check of each pair: `Guard.prompt_tokens` + the verdict opening.
 
-    Built as `Guard._prompt_tokens` builds them (the model's chat template around the
+    Built as `PromptTokenizer.prompt` (engine/checker.py) builds them (the model's chat template around the
     authors' user message; template text with control tokens, the message as plain NFC
     text), then the JSON opening the engine drafts before reading the verdict.
     `model` is an `engine.llama.Model`.

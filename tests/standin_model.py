@@ -143,7 +143,7 @@ def held_out_pairs(reference_dir: Path, n: int | None = None) -> list[tuple[str,
 
 
 def _p_unsafe(logits: Any, unsafe: Any, safe: Any) -> float:
-    """P(unsafe) as the engine scores it (Guard._score): label first-token masses, normalized."""
+    """P(unsafe) as the engine scores it (Checker._score): label first-token masses, normalized."""
     import numpy as np
 
     top = float(np.max(logits))

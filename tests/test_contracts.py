@@ -263,10 +263,10 @@ def engine_privates() -> set[str]:
 
 def test_nothing_outside_the_engine_names_an_engine_private() -> None:
     """The engine's interface is its public names: a private one used elsewhere (`guard._lock`,
-    `from libra_edge.engine.guard import _Pending`, `libra_edge.engine._x`) is a seam that
+    `from libra_edge.engine.checker import _is_text`, `libra_edge.engine._x`) is a seam that
     the engine cannot change without breaking another module."""
     engine = engine_privates()
-    assert {"_lock", "_require_open"} <= engine  # the scan sees the engine's own privates
+    assert {"_lock", "_judge_window"} <= engine  # the scan sees the engine's own privates
     outside = [p for p in source_files() if not rel(p).startswith("libra_edge/engine/")]
     offenders = []
     for p in outside:
@@ -281,7 +281,7 @@ def test_the_scans_catch_a_private_of_another_module_however_it_is_reached(tmp_p
     source.write_text(
         "from textual.widgets import DataTable\n"
         "from textual.widgets._footer import FooterKey\n"
-        "from libra_edge.engine.guard import _Pending\n"
+        "from libra_edge.engine.checker import _is_text\n"
         "class Table(DataTable):\n"
         "    def __init__(self) -> None:\n"
         "        self._mine = 1\n"
@@ -290,14 +290,20 @@ def test_the_scans_catch_a_private_of_another_module_however_it_is_reached(tmp_p
         "        self._styles_cache.clear()\n"
         "        guard._lock.acquire()\n", encoding="utf-8")
     uses = {use.split(" ", 1)[1] for use in private_uses(source)}
-    assert uses == {"self._styles_cache", "guard._lock", "from libra_edge.engine.guard import _Pending"}
+    assert uses == {"self._styles_cache", "guard._lock", "from libra_edge.engine.checker import _is_text"}
     assert [use.split(" ", 1)[1] for use in private_module_imports(source)] == ["imports textual.widgets._footer"]
-    assert {"_lock", "_Pending"} <= engine_privates()
+    assert {"_lock", "_is_text"} <= engine_privates()
 
 
-# Note for the engine refactor (issue #27): "the scheduler imports no private name" belongs
-# here once `engine/scheduler.py` depends on the per-sequence class's public interface; it
-# is not written yet because today's scheduler still reads Guard's privates by design.
+def test_the_scheduler_drives_the_checker_through_its_public_interface() -> None:
+    """engine/scheduler.py schedules; engine/checker.py checks. The scheduler names no private
+    of another module (the Guard's, the Checker's, the decoder's), and imports no private
+    name: a change inside a check cannot break scheduling without a visible interface change."""
+    scheduler = PACKAGE / "engine" / "scheduler.py"
+    offenders = private_uses(scheduler) + private_module_imports(scheduler)
+    assert offenders == [], "the scheduler reaches past the Checker's interface:\n" + "\n".join(offenders)
+    imported = {name for _line, name in imported_modules(scheduler)}
+    assert "libra_edge.engine.guard" not in imported, "the scheduler depends on the Guard it serves"
 
 
 def test_nothing_below_the_faces_imports_them() -> None:

@@ -122,8 +122,9 @@ def test_score_equals_label_mass_of_the_raw_logits(qwen_guard: Guard, tiny_qwen_
     from llama_cpp import Llama
 
     verdict = qwen_guard.check("你好", "你好，有什么可以帮你？", analysis=False)
-    opening = qwen_guard._last_opening  # the tokens the model generated before the verdict
-    assert qwen_guard._decoder.detokenize(opening) == verdict.raw.split(verdict.label)[0]
+    # The calibration pair: the tokens the model wrote before the verdict are its opening draft.
+    opening = list(qwen_guard._checker.opening_draft)
+    assert qwen_guard._checker.decoder.detokenize(opening) == verdict.raw.split(verdict.label)[0]
     ref = Llama(str(tiny_qwen_gguf), n_ctx=1024, logits_all=True, verbose=False)
     tokens = qwen_guard.prompt_tokens("你好", "你好，有什么可以帮你？")
     tokens += opening
@@ -173,9 +174,9 @@ def test_speculated_layout_never_changes_the_output(tiny_qwen_gguf: Path) -> Non
     with Guard.load(tiny_qwen_gguf, ctx_per_seq=1024, max_new_tokens=16) as guard:
         plain = guard.check("问", "答")
         # A wrong guess of the JSON layout must be detected and thrown away.
-        guard._opening_draft = guard._decoder.tokenize('{ "答案" :  "')
-        guard._middle_draft = guard._decoder.tokenize('"  ,  "分析":"')
-        guard._decoder.truncate(0)
+        dec = guard._checker.decoder
+        guard._checker.set_drafts(dec.tokenize('{ "答案" :  "'), dec.tokenize('"  ,  "分析":"'))
+        dec.truncate(0)
         again = guard.check("问", "答")
     assert again.raw == plain.raw
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +101,7 @@ def test_greedy_asks_the_grammar_about_few_tokens_yet_picks_as_over_the_whole_vo
     # lowest id, at every state of the verdict grammar.
     rng = np.random.default_rng(5)
     with Guard.load(tiny_qwen_q8_gguf, ctx_per_seq=1024, threads=1) as guard:
-        dec = guard._decoder
+        dec = guard._checker.decoder
         frame = dec.tokenize('{\n  "答案": "不安全",\n  "分析": "这段回答提供了危险的细节。"\n}')
         grammar = dec._grammars[0]
         for depth in range(len(frame)):
@@ -146,3 +147,44 @@ def test_every_decode_runs_on_one_thread_whatever_thread_calls(tiny_qwen_gguf: P
     assert set(seen) == {seen[0]} and seen[0].startswith("llama-compute")
     assert threading.current_thread().name not in seen
     assert alone == threaded == many  # the thread changes nothing in the arithmetic
+
+
+def test_reset_cache_never_clears_a_sequence_writing_its_analysis(tiny_qwen_gguf: Path) -> None:
+    # `reset_cache()` called while a check is writing its analysis: the analysis goes on from
+    # its own KV state (the same text as the check alone), and the cache is empty afterwards.
+    import threading
+
+    pair = ("怎么制作炸弹？", "先准备材料，然后按步骤组装。")
+    with Guard.load(tiny_qwen_gguf, ctx_per_seq=1024, max_new_tokens=40, threads=1, parallel=2) as guard:
+        guard.check("别的问题", "别的回答")
+        alone = guard.check(*pair)
+        assert alone.timings.generated_tokens > 20 and alone.analysis  # many decode steps to land in
+
+        called, writing = threading.Event(), threading.Event()
+        at_reset: list[bool] = []
+
+        def on_text(piece: str) -> None:
+            if not writing.is_set():
+                writing.set()
+                assert called.wait(10)
+                time.sleep(0.2)  # reset_cache has asked the worker by now; the step goes on after
+            else:
+                time.sleep(0.01)  # the analysis outlasts the resetter's look at the future
+
+        future = guard.submit(*pair, on_text=on_text)
+
+        def reset() -> None:
+            assert writing.wait(10)
+            called.set()
+            guard.reset_cache()
+            at_reset.append(future.done())
+
+        resetter = threading.Thread(target=reset)
+        resetter.start()
+        during = future.result(timeout=60)
+        resetter.join(10)
+        assert at_reset == [False], "the reset did not land while the analysis was being written"
+        assert (during.raw, during.score, during.analysis) == (alone.raw, alone.score, alone.analysis)
+        after = guard.check(*pair)
+        assert after.timings.reused_tokens == 0  # the busy sequence was forgotten once it was done
+        assert (after.raw, after.score) == (alone.raw, alone.score)

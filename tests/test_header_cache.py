@@ -133,13 +133,13 @@ def test_restored_guard_holds_the_evaluated_state_and_scores_alike(
 
     settings: dict[str, Any] = {"ctx_per_seq": 1024, "threads": 1, "max_new_tokens": 8, "verbose": True}
     with Guard.load(tiny_qwen_gguf, **settings) as cold:
-        cold_blocks, cold_state = cold._decoder.held_state(0)
-        drafts = (cold._opening_draft, cold._middle_draft)
+        cold_blocks, cold_state = cold._checker.decoder.held_state(0)
+        drafts = (cold._checker.opening_draft, cold._checker.middle_draft)
         cold_scores = judge(cold)
     assert _notes(capsys.readouterr().err) == [f"libra-edge: header state saved to {_only_state_file(isolated_home)}"]
     with Guard.load(tiny_qwen_gguf, **settings) as warm:
-        assert warm._decoder.held_state(0) == (cold_blocks, cold_state)  # the very bytes evaluation wrote
-        assert (warm._opening_draft, warm._middle_draft) == drafts
+        assert warm._checker.decoder.held_state(0) == (cold_blocks, cold_state)  # the very bytes evaluation wrote
+        assert (warm._checker.opening_draft, warm._checker.middle_draft) == drafts
         assert warm.check(*PAIRS[1], analysis=False).timings.reused_tokens == len(cold_blocks[0].tokens)
         warm_scores = judge(warm)
     assert _notes(capsys.readouterr().err) == [
@@ -159,9 +159,9 @@ def test_key_leaves_out_what_the_bytes_do_not_depend_on(
     seen: dict[tuple[int, int, int], tuple[Any, ...]] = {}
     for threads, ctx, parallel in [(1, 1024, 1), (2, 1024, 1), (1, 512, 1), (2, 8192, 1), (1, 1024, 3), (2, 2048, 3)]:
         with Guard.load(tiny_qwen_gguf, ctx_per_seq=ctx, threads=threads, parallel=parallel) as guard:
-            blocks, state = guard._decoder.held_state(0)
-            seen[(threads, ctx, parallel)] = (blocks, state, guard._opening_draft, guard._middle_draft,
-                                              header_state.path_for(guard._state_key()))
+            blocks, state = guard._checker.decoder.held_state(0)
+            seen[(threads, ctx, parallel)] = (blocks, state, guard._checker.opening_draft, guard._checker.middle_draft,
+                                              header_state.path_for(guard._checker.state_key()))
     assert not (isolated_home / "state").exists()  # turned off: nothing written
     for parallel in (1, 3):
         group = [got for (_, _, par), got in seen.items() if par == parallel]
@@ -172,7 +172,7 @@ def test_key_leaves_out_what_the_bytes_do_not_depend_on(
     assert one[0] == three[0] and one[2:4] == three[2:4]  # the same header and drafts...
     assert one[1] != three[1] and one[4] != three[4]  # ...but other bytes (the streams), so another file
     with Guard.load(tiny_qwen_gguf, ctx_per_seq=1024, threshold=0.9) as other:
-        key = other._state_key()
+        key = other._checker.state_key()
         assert header_state.path_for(key) != one[4]
     assert header_state.path_for({**key, "gpu_layers": 4}) != header_state.path_for(key)
 

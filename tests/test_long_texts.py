@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from libra_edge.engine import Guard
-from libra_edge.engine.guard import _Pending
+from libra_edge.engine.checker import Checker, PendingCheck
 from libra_edge.engine.normalize import map_span, normalize_text
 from libra_edge.engine.prompt import UNSAFE
 from libra_edge.engine.windows import sentences, split_windows
@@ -25,30 +25,30 @@ def _long_response(chars: int) -> tuple[str, int]:
     return text, text.index(PASSAGE)
 
 
-class PassageGuard(Guard):
+@pytest.fixture
+def passage_guard(tiny_qwen_q8_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The real engine, except that a window holding the passage is scored unsafe.
 
     The test is about windowing (which text reaches the model, which window decides),
     not about what a random-weight model makes of a passage, so only the score is set.
+    `guard.seen` lists the texts the model judged, in order.
     """
+    seen: list[str] = []
+    judge_window = Checker._judge_window
 
-    seen: list[str]
-
-    def _begin(self, question: str, response: str, analysis: bool, on_text: Any, **kw: Any) -> _Pending:
-        if not hasattr(self, "seen"):  # loading reads the model's frame through here too
-            self.seen = []
-        self.seen.append(response)
-        pending = super()._begin(question, response, analysis, on_text, **kw)
+    def judge(self: Checker, question: str, response: str, analysis: bool, on_text: Any, **kw: Any) -> PendingCheck:
+        seen.append(response)
+        pending = judge_window(self, question, response, analysis, on_text, **kw)
         if PASSAGE in response:
             pending.score, pending.label = 0.999, UNSAFE
         return pending
 
+    monkeypatch.setattr(Checker, "_judge_window", judge)
 
-@pytest.fixture
-def passage_guard(tiny_qwen_q8_gguf: Path) -> Any:
-    def load(long: str) -> PassageGuard:
-        guard = PassageGuard.load(tiny_qwen_q8_gguf, ctx_per_seq=2048, max_new_tokens=8, threads=1, long=long)
-        guard.seen = []
+    def load(long: str) -> Any:
+        guard: Any = Guard.load(tiny_qwen_q8_gguf, ctx_per_seq=2048, max_new_tokens=8, threads=1, long=long)
+        seen.clear()  # loading reads the model's frame through here too
+        guard.seen = seen
         return guard
     return load
 

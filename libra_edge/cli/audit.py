@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from libra_edge.cli.common import help_from_doc
+from libra_edge.cli.common import add_command, help_from_doc
 
 import argparse
 import sys
@@ -43,9 +43,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        "stratified) random sample of a test bank or of conversation logs; `audit report` writes the "
                        "assessment report over the judged runs.")
     actions = p.add_subparsers(dest="audit_command", metavar="ACTION")
-    s = actions.add_parser("sample", help=help_from_doc(run_sample.__doc__),
-                           description="Draw N records at random from the inputs, reproducibly.",
-                           epilog=SAMPLE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = add_command(actions, "sample", run_sample.__doc__,
+        description="Draw N records at random from the inputs, reproducibly.",
+        epilog=SAMPLE_EPILOG)
     s.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders (JSON, JSONL, CSV, Parquet)")
     s.add_argument("-n", type=int, required=True, metavar="N", help="sample size (records)")
     s.add_argument("--by", metavar="FIELD", help="stratify by this field (e.g. category_name)")
@@ -108,10 +108,10 @@ examples:
 
 
 def _register_bank(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    b = actions.add_parser("bank", help=help_from_doc(run_bank.__doc__),
-                           description="Check a test bank (and/or a keyword library) against the size and "
-                           "coverage rules of GB/T 45654-2025; print the coverage table.",
-                           epilog=BANK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b = add_command(actions, "bank", run_bank.__doc__,
+        description="Check a test bank (and/or a keyword library) against the size and "
+                    "coverage rules of GB/T 45654-2025; print the coverage table.",
+        epilog=BANK_EPILOG)
     b.add_argument("inputs", nargs="*", metavar="INPUT", help="the bank: files or folders (JSON, JSONL, CSV, Parquet)")
     b.add_argument("--kind", choices=("content", "should-refuse", "should-not-refuse"),
                    help="which bank INPUT is (required with INPUT)")
@@ -202,10 +202,10 @@ examples:
 
 
 def _register_ask(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    a = actions.add_parser("ask", help=help_from_doc(run_ask.__doc__),
-                           description="Send each question of a bank to the service under test "
-                           "(OpenAI-compatible /v1/chat/completions) and keep every answer as evidence.",
-                           epilog=ASK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = add_command(actions, "ask", run_ask.__doc__,
+        description="Send each question of a bank to the service under test "
+                    "(OpenAI-compatible /v1/chat/completions) and keep every answer as evidence.",
+        epilog=ASK_EPILOG)
     a.add_argument("inputs", nargs="+", metavar="BANK",
                    help="the questions: files or folders (JSON, JSONL, CSV, Parquet)")
     a.add_argument("--endpoint", required=True, metavar="URL",
@@ -284,12 +284,13 @@ def run_ask(args: argparse.Namespace) -> int:
         summary = ask(args.inputs, output, options, resume=args.resume, marks=marks, on_progress=progress)
         return _ask_summary(args, options, marks, summary)
     from libra_edge.audit.judge import StreamJudge
+    from libra_edge.batch import load_guard
     from libra_edge.cli.batch import output_target
     from libra_edge.store import open_store
 
     judged = output_target(args.judged_output or str(output.with_name(output.stem + ".judged.jsonl")))
     model_path, settings = _guard_settings(args, output)
-    with _load_guard(model_path, settings) as guard, open_store() as store:
+    with load_guard(model_path, settings) as guard, open_store() as store:
         judge = StreamJudge(store, guard, marks, output=output, analysis=args.judge_analysis,
                             question_field=args.question_field, on_progress=_judge_progress())
         print(f"judging each answer as it arrives with {guard.info.name} (analysis {args.judge_analysis})",
@@ -376,12 +377,6 @@ def _guard_settings(args: argparse.Namespace, output: Path) -> tuple[Path, Any]:
     return resolve_model(args.guard_model or ns.model), batch_cli.new_run_settings(ns)
 
 
-def _load_guard(path: Path, settings: Any) -> Any:
-    from libra_edge.engine import Guard
-
-    return Guard.load(path, settings)
-
-
 def _judge_progress() -> Any:
     import time
 
@@ -416,10 +411,10 @@ example:
 
 
 def _register_report(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    r = actions.add_parser("report", help=help_from_doc(run_assessment.__doc__),
-                           description="Write the assessment report over the content, should-refuse and "
-                           "should-not-refuse runs.",
-                           epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r = add_command(actions, "report", run_assessment.__doc__,
+        description="Write the assessment report over the content, should-refuse and "
+                    "should-not-refuse runs.",
+        epilog=REPORT_EPILOG)
     for kind in ("content", "should-refuse", "should-not-refuse"):
         r.add_argument(f"--{kind}", type=int, metavar="RUN", help=f"the judged run of the {kind} sample")
         r.add_argument(f"--{kind}-bank", metavar="FILE", help=f"check the {kind} bank's conformance too")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from libra_edge.batch.transcripts import INPUT_FORMATS, TURN_SELECTIONS
 from libra_edge.cli.batch_output import output_target, write_output, write_partial
 from libra_edge.cli.batch_plan import cluster_options, new_run_settings, plan_run
-from libra_edge.cli.common import add_model_options, help_from_doc
+from libra_edge.cli.common import add_command, add_model_options
 from libra_edge.cli.progress import ProgressBar, fmt_duration
 from libra_edge.cli.runs import print_run_info, print_runs, print_runs_json
 from libra_edge.cli.stopping import stop_signals
@@ -119,12 +119,10 @@ runs: `libra-edge runs list` and `libra-edge runs info RUN` show what the databa
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `batch` subcommand."""
-    p = sub.add_parser(
-        "batch", help=help_from_doc(__doc__),
+    p = add_command(sub, "batch", __doc__,
         description="Check every (question, response) pair or assistant turn in the inputs; results "
-        "go to the results database as they are made, and to -o in input order at the end.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+                    "go to the results database as they are made, and to -o in input order at the end.",
+        epilog=EPILOG)
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="files or folders to check; - reads JSONL from stdin")
     p.add_argument("-o", "--output", metavar="OUT",
                    help="write results here when the run completes: .jsonl, .json or .csv (checked "

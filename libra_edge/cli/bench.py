@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from libra_edge.cli.common import add_model_options, guard_options, help_from_doc
+from libra_edge.cli.common import add_command, add_model_options, guard_options
 from libra_edge.errors import LibraError
 
 EPILOG = """\
@@ -24,13 +24,9 @@ prefill_overhead and decode_overhead: bare tokens/s over libra-edge's; above 1 i
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "bench",
-        help=help_from_doc(__doc__),
+    p = add_command(sub, "bench", __doc__,
         description="Benchmark a model on a fixed set of Libra-style pairs.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        epilog=EPILOG)
     p.add_argument("--pairs", type=int, default=8, metavar="N", help="fast checks to time (default: 8)")
     p.add_argument("--full-pairs", type=int, default=3, metavar="N", help="full checks to time (default: 3)")
     p.add_argument("--short-cap", type=int, default=16, metavar="N",

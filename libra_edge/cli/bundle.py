@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from libra_edge.cli.common import add_verbose_option, destination_folder, help_from_doc
+from libra_edge.cli.common import add_command, add_verbose_option, destination_folder
 from libra_edge.units import human_size
 
 EPILOG = """\
@@ -31,15 +31,11 @@ file, and a bundle for another Python or platform, before it installs anything.
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "bundle",
-        help=help_from_doc(__doc__),
+    p = add_command(sub, "bundle", __doc__,
         description="Write a folder (and with --archive a .tar.gz) holding the wheels of libra-edge and "
-        "every runtime dependency for a named Python version, the portable llama-cpp-python wheel, "
-        "an installer script, optional models with their manifests, and a MANIFEST of sha256s.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+                    "every runtime dependency for a named Python version, the portable llama-cpp-python wheel, "
+                    "an installer script, optional models with their manifests, and a MANIFEST of sha256s.",
+        epilog=EPILOG)
     p.add_argument("out", metavar="OUT", help="the bundle folder to create (must not exist, or be empty)")
     p.add_argument("--with", dest="extras", default="", metavar="EXTRAS",
                    help="optional parts to carry, comma-separated: serve, report, cluster, parquet")

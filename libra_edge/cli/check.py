@@ -9,7 +9,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from libra_edge.cli.common import add_model_options, engine_settings, help_from_doc
+from libra_edge.cli.common import add_command, add_model_options, engine_settings
 from libra_edge.errors import ExitCode, InputError, LibraError
 
 if TYPE_CHECKING:
@@ -43,13 +43,9 @@ exit status: 0 safe, 1 unsafe, 2 usage, 3 model problem, 4 bad input.
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "check",
-        help=help_from_doc(__doc__),
+    p = add_command(sub, "check", __doc__,
         description="Judge whether an LLM's response to a question is safe (安全) or unsafe (不安全).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        epilog=EPILOG)
     p.add_argument("-q", "--question", metavar="TEXT", help="the human's question")
     p.add_argument("-r", "--response", metavar="TEXT", help="the LLM's response to judge")
     p.add_argument("--fast", action="store_true", help="stop after the verdict: no analysis, much faster")

@@ -13,6 +13,14 @@ from libra_edge.errors import InputError, LibraError
 from libra_edge.verdicts import MIN_CTX_PER_SEQ
 
 
+def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, doc: str | None, *,
+                description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    """A (sub)command as every libra-edge command declares it: its one-line help from its
+    docstring (`help_from_doc`), a description, and examples printed as written."""
+    return sub.add_parser(name, help=help_from_doc(doc), description=description, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def help_from_doc(doc: str | None) -> str:
     """A subcommand's one-line help: its docstring's first line, without "`libra-edge x`: " or the final period.
 

@@ -5,7 +5,7 @@ Delegates to `libra_edge.convert`.
 
 from __future__ import annotations
 
-from libra_edge.cli.common import help_from_doc
+from libra_edge.cli.common import add_command
 
 import argparse
 
@@ -14,13 +14,9 @@ from libra_edge.convert.cli import DESCRIPTION, EPILOG, add_arguments
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `convert` subcommand (options defined once, in libra_edge.convert.cli)."""
-    p = sub.add_parser(
-        "convert",
-        help=help_from_doc(__doc__),
+    p = add_command(sub, "convert", __doc__,
         description=DESCRIPTION,
-        epilog=EPILOG.replace("%(prog)s", "libra-edge convert"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        epilog=EPILOG.replace("%(prog)s", "libra-edge convert"))
     add_arguments(p)
     p.set_defaults(func=run)
 

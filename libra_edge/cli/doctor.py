@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from libra_edge.cli.common import add_model_options, guard_options, help_from_doc
+from libra_edge.cli.common import add_command, add_model_options, guard_options
 from libra_edge.errors import ExitCode, LibraError
 
 EPILOG = """\
@@ -22,14 +22,10 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "doctor",
-        help=help_from_doc(__doc__),
+    p = add_command(sub, "doctor", __doc__,
         description="Report the llama.cpp build (version, GPU offload, CPU features), where models "
-        "and data live, and run the selected model on two built-in pairs.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+                    "and data live, and run the selected model on two built-in pairs.",
+        epilog=EPILOG)
     p.add_argument("--no-smoke", action="store_true", help="skip loading the model")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_model_options(p)

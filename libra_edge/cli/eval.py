@@ -5,7 +5,7 @@ Computed exactly as the authors do.
 
 from __future__ import annotations
 
-from libra_edge.cli.common import help_from_doc
+from libra_edge.cli.common import add_command
 
 import argparse
 import json
@@ -46,12 +46,10 @@ examples:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `eval` subcommand."""
-    p = sub.add_parser(
-        "eval", help=help_from_doc(__doc__),
+    p = add_command(sub, "eval", __doc__,
         description="Evaluate predictions: per-source F1-unsafe, F1-safe, accuracy and their unweighted "
-        "average, a confusion matrix, and ROC-AUC / PR-AUC when scores are present.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+                    "average, a confusion matrix, and ROC-AUC / PR-AUC when scores are present.",
+        epilog=EPILOG)
     p.add_argument("predictions", nargs="+", metavar="PRED", help="prediction JSONL files or folders")
     p.add_argument("--labels", metavar="TEST.json", help="gold labels joined on `id` (e.g. Libra-Test)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON (stdout)")

@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from libra_edge import paths
-from libra_edge.cli.common import add_verbose_option, destination_folder, help_from_doc
+from libra_edge.cli.common import add_command, add_verbose_option, destination_folder
 from libra_edge.errors import ExitCode, LibraError
 from libra_edge.units import human_size
 
 if TYPE_CHECKING:
     from libra_edge.models.registry import InstalledModel
 
-RAW = argparse.RawDescriptionHelpFormatter
 
 MODELS_EPILOG = """\
 Across an air gap:
@@ -34,29 +33,23 @@ Models live in {models_dir} (set LIBRA_EDGE_HOME to move all data).
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `models` and its subcommands to the top-level parser."""
-    p = sub.add_parser(
-        "models", help=help_from_doc(__doc__),
+    p = add_command(sub, "models", __doc__,
         description="Manage the GGUF models libra-edge runs. Only `pull` uses the network.",
-        epilog=MODELS_EPILOG.format(models_dir=paths.models_dir()), formatter_class=RAW,
-    )
+        epilog=MODELS_EPILOG.format(models_dir=paths.models_dir()))
     p.set_defaults(func=run_list, json=False)
     msub = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
 
-    s = msub.add_parser(
-        "list", help=help_from_doc(run_list.__doc__), formatter_class=RAW,
+    s = add_command(msub, "list", run_list.__doc__,
         description="List installed models: name, quantization, size, architecture, source.",
-        epilog="Examples:\n  libra-edge models list\n  libra-edge models list --json | jq -r '.[].name'",
-    )
+        epilog="Examples:\n  libra-edge models list\n  libra-edge models list --json | jq -r '.[].name'")
     s.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     s.set_defaults(func=run_list)
 
-    s = msub.add_parser(
-        "info", help=help_from_doc(run_info.__doc__), formatter_class=RAW,
+    s = add_command(msub, "info", run_info.__doc__,
         description="Show what a GGUF says about itself (architecture, quantization, context, "
-        "parameters, tokenizer, chat template) and its manifest (source, sha256).",
+                    "parameters, tokenizer, chat template) and its manifest (source, sha256).",
         epilog="Examples:\n  libra-edge models info libra-guard-3b\n"
-        "  libra-edge models info /media/usb/model.gguf --json",
-    )
+                    "  libra-edge models info /media/usb/model.gguf --json")
     s.add_argument("model", metavar="NAME|FILE")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(func=run_info)
@@ -65,21 +58,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     # From the registry itself, so the help names every guard `pull` accepts.
     known = "\n".join(f"  {g.name:<22} {g.repo_id}" for g in PUBLISHED_GUARDS)
-    s = msub.add_parser(
-        "pull", help=help_from_doc(run_pull.__doc__),
-        formatter_class=RAW,
+    s = add_command(msub, "pull", run_pull.__doc__,
         description="Download a checkpoint's safetensors, config and tokenizer files (nothing "
-        "else), convert and quantize it to GGUF, and install it with a manifest recording the "
-        "repo, the resolved commit and the file's sha256. Downloads are cached and resumable.",
+                    "else), convert and quantize it to GGUF, and install it with a manifest recording the "
+                    "repo, the resolved commit and the file's sha256. Downloads are cached and resumable.",
         epilog=f"Known names ({len(PUBLISHED_GUARDS)}):\n{known}\n\n"
-        "Examples:\n  libra-edge models pull libra-guard-3b\n"
-        "  libra-edge models pull libra-guard-3b --quant q5_k_m   # 2/3 the size, with an importance matrix\n"
-        "  libra-edge models pull libra-guard-14b --quant q4_k_m --no-imatrix --name guard-plain\n"
-        "  libra-edge models pull caskcsg/Libra-Guard-Qwen2.5-3B-Instruct --revision 1a2b3c4 "
-        "--name guard\n\n"
-        "Environment: HF_ENDPOINT (a mirror), HF_TOKEN (gated or private repos),\n"
-        "HF_HOME / HF_HUB_CACHE (download cache), HF_HUB_OFFLINE=1 (use the cache only).",
-    )
+                    "Examples:\n  libra-edge models pull libra-guard-3b\n"
+                    "  libra-edge models pull libra-guard-3b --quant q5_k_m   # 2/3 the size, with an importance matrix\n"
+                    "  libra-edge models pull libra-guard-14b --quant q4_k_m --no-imatrix --name guard-plain\n"
+                    "  libra-edge models pull caskcsg/Libra-Guard-Qwen2.5-3B-Instruct --revision 1a2b3c4 "
+                    "--name guard\n\n"
+                    "Environment: HF_ENDPOINT (a mirror), HF_TOKEN (gated or private repos),\n"
+                    "HF_HOME / HF_HUB_CACHE (download cache), HF_HUB_OFFLINE=1 (use the cache only).")
     from libra_edge.models.hub import DEFAULT_QUANT, QUANTS  # light: no network libraries
 
     s.add_argument("repo", metavar="NAME|REPO_ID", help="known name or hub repo id (owner/name)")
@@ -96,15 +86,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_verbose_option(s)
     s.set_defaults(func=run_pull)
 
-    s = msub.add_parser(
-        "import", help=help_from_doc(run_import.__doc__), formatter_class=RAW,
+    s = add_command(msub, "import", run_import.__doc__,
         description="Check a GGUF (header, complete file, architecture, tokenizer, chat "
-        "template), hash it while copying it in, and register it. A manifest beside the "
-        "file (as `export` writes it) must match: a corrupt copy is refused.",
+                    "template), hash it while copying it in, and register it. A manifest beside the "
+                    "file (as `export` writes it) must match: a corrupt copy is refused.",
         epilog="Examples:\n  libra-edge models import /media/usb/libra-guard-3b.gguf\n"
-        "  libra-edge models import ~/Downloads/guard-q8.gguf --name guard-q8\n"
-        "  libra-edge models import other-arch.gguf --force   # skip the architecture check",
-    )
+                    "  libra-edge models import ~/Downloads/guard-q8.gguf --name guard-q8\n"
+                    "  libra-edge models import other-arch.gguf --force   # skip the architecture check")
     s.add_argument("file", metavar="FILE.gguf", type=Path)
     s.add_argument("--name", metavar="NAME", help="install under this name (default: from the file)")
     s.add_argument("--force", action="store_true",
@@ -112,42 +100,33 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_verbose_option(s)
     s.set_defaults(func=run_import)
 
-    s = msub.add_parser(
-        "export", help=help_from_doc(run_export.__doc__),
-        formatter_class=RAW,
+    s = add_command(msub, "export", run_export.__doc__,
         description="Write NAME.gguf and NAME.manifest.json into DIR (checking the hash as it "
-        "copies), ready for `libra-edge models import` on another machine. DIR must exist "
-        "(a drive that is not mounted is an error, not a new local folder) unless --mkdir.",
+                    "copies), ready for `libra-edge models import` on another machine. DIR must exist "
+                    "(a drive that is not mounted is an error, not a new local folder) unless --mkdir.",
         epilog="Examples:\n  libra-edge models export libra-guard-3b /media/usb\n"
-        "  libra-edge models export libra-guard-3b ~/transfer/guard --mkdir",
-    )
+                    "  libra-edge models export libra-guard-3b ~/transfer/guard --mkdir")
     s.add_argument("name", metavar="NAME")
     s.add_argument("dest", metavar="DIR", type=Path)
     s.add_argument("--mkdir", action="store_true", help="create DIR (and its parents) if missing")
     s.set_defaults(func=run_export)
 
-    s = msub.add_parser(
-        "verify", help=help_from_doc(run_verify.__doc__), formatter_class=RAW,
+    s = add_command(msub, "verify", run_verify.__doc__,
         description="Recompute each model's sha256 and compare it with its manifest. Prints "
-        "OK or CORRUPT/MISSING/BROKEN per model; exits 3 if any model fails.",
-        epilog="Examples:\n  libra-edge models verify\n  libra-edge models verify libra-guard-3b",
-    )
+                    "OK or CORRUPT/MISSING/BROKEN per model; exits 3 if any model fails.",
+        epilog="Examples:\n  libra-edge models verify\n  libra-edge models verify libra-guard-3b")
     s.add_argument("name", metavar="NAME", nargs="?", help="one model (default: all)")
     s.set_defaults(func=run_verify)
 
-    s = msub.add_parser(
-        "rm", help=help_from_doc(run_rm.__doc__), formatter_class=RAW,
+    s = add_command(msub, "rm", run_rm.__doc__,
         description="Delete NAME's GGUF and manifest (and unset it as default).",
-        epilog="Example:\n  libra-edge models rm libra-guard-3b-q8_0",
-    )
+        epilog="Example:\n  libra-edge models rm libra-guard-3b-q8_0")
     s.add_argument("name", metavar="NAME")
     s.set_defaults(func=run_rm)
 
-    s = msub.add_parser(
-        "default", help=help_from_doc(run_default.__doc__), formatter_class=RAW,
+    s = add_command(msub, "default", run_default.__doc__,
         description="Without NAME: print the default model. With NAME: make it the default.",
-        epilog="Examples:\n  libra-edge models default\n  libra-edge models default libra-guard-7b",
-    )
+        epilog="Examples:\n  libra-edge models default\n  libra-edge models default libra-guard-7b")
     s.add_argument("name", metavar="NAME", nargs="?")
     s.set_defaults(func=run_default)
 

@@ -5,7 +5,7 @@ One file a compliance reviewer can open anywhere and sign.
 
 from __future__ import annotations
 
-from libra_edge.cli.common import help_from_doc
+from libra_edge.cli.common import add_command
 
 import argparse
 import sys
@@ -67,12 +67,10 @@ examples:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `report` subcommand."""
-    p = sub.add_parser(
-        "report", help=help_from_doc(__doc__),
+    p = add_command(sub, "report", __doc__,
         description="Write the audit report of batch run RUN (see `libra-edge batch --runs`): provenance, "
-        "rates with Wilson intervals, gates, reviewer decisions, flagged items and an integrity digest.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+                    "rates with Wilson intervals, gates, reviewer decisions, flagged items and an integrity digest.",
+        epilog=EPILOG)
     p.add_argument("run", nargs="?", type=int, metavar="RUN", help="the run's id (see `libra-edge batch --runs`)")
     p.add_argument("-o", "--output", metavar="FILE",
                    help="write FILE, replacing it if it exists; - for stdout (default: md and json to "

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from libra_edge.cli.common import help_from_doc
+from libra_edge.cli.common import add_command, help_from_doc
 
 if TYPE_CHECKING:
     from libra_edge.store import RunRow, Store
@@ -37,10 +37,10 @@ examples:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `runs` subcommand (`list`, `info`)."""
-    p = sub.add_parser("runs", help=help_from_doc(__doc__), epilog=EPILOG,
-                       description="The runs in the results database: `list` shows them all, newest first; "
-                       "`info RUN` everything the database holds about one.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "runs", __doc__,
+        description="The runs in the results database: `list` shows them all, newest first; "
+                    "`info RUN` everything the database holds about one.",
+        epilog=EPILOG)
     rsub = p.add_subparsers(dest="runs_command", metavar="ACTION")
     s = rsub.add_parser("list", help=help_from_doc(run_list.__doc__),
                         description="One line per run, newest first: id, status, when, done/total, flagged, "

@@ -7,7 +7,7 @@ import importlib
 import os
 import sys
 
-from libra_edge.cli.common import add_model_options, engine_settings, help_from_doc
+from libra_edge.cli.common import add_command, add_model_options, engine_settings
 from libra_edge.errors import ExitCode, LibraError
 
 EXTRA_HINT = "`libra-edge serve` needs the serve extra: pip install 'libra-edge[serve]' (starlette and uvicorn)"
@@ -40,14 +40,10 @@ in flight (up to --drain seconds), then exits 0.
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "serve",
-        help=help_from_doc(__doc__),
+    p = add_command(sub, "serve", __doc__,
         description="Serve the guard over HTTP: /v1/check, OpenAI-compatible /v1/moderations, "
-        "/health, /metrics, /v1/models. The model is loaded once.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+                    "/health, /metrics, /v1/models. The model is loaded once.",
+        epilog=EPILOG)
     net = p.add_argument_group("service")
     net.add_argument("--host", default="127.0.0.1",
                      help="address to listen on (default: 127.0.0.1; a non-loopback one needs --api-key)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from libra_edge.cli.common import add_model_options, engine_settings, help_from_doc
+from libra_edge.cli.common import add_command, add_model_options, engine_settings
 from libra_edge.errors import LibraError
 
 EPILOG = """\
@@ -32,13 +32,9 @@ Everything stays on this machine: the TUI never opens a network connection.
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "tui",
-        help=help_from_doc(__doc__),
+    p = add_command(sub, "tui", __doc__,
         description="Check pairs, run and watch batches, review flagged items and export decisions.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        epilog=EPILOG)
     p.add_argument("--db", metavar="PATH", type=Path,
                    help="results database (default: libra-edge.db in the libra-edge home)")
     p.add_argument("--reviewer", metavar="NAME",

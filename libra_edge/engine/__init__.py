@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING
 from libra_edge.lazy import module_getattr
 
 if TYPE_CHECKING:
-    from libra_edge.engine.guard import Guard, Timings, Verdict
+    from libra_edge.engine.guard import Guard
+    from libra_edge.engine.verdict import Timings, Verdict
     from libra_edge.engine.settings import EngineSettings
 
-_WHERE = {"Guard": "guard", "Timings": "guard", "Verdict": "guard", "EngineSettings": "settings"}
+_WHERE = {"Guard": "guard", "Timings": "verdict", "Verdict": "verdict", "EngineSettings": "settings"}
 
 __all__ = ["EngineSettings", "Guard", "Timings", "Verdict"]
 

@@ -20,7 +20,6 @@ in the same cells.
 
 from __future__ import annotations
 
-import codecs
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -64,7 +63,7 @@ class CheckCancelled(LibraError):
 class Decoder:
     """One llama.cpp context: a grammar per sequence and the record of each KV stream.
 
-    Each sequence has its own KV stream of `n_ctx_seq` cells (the context is not
+    Each sequence has its own KV stream of `ctx_per_seq` cells (the context is not
     unified), holding a list of evaluated blocks followed by generated tokens.
     """
 
@@ -73,7 +72,7 @@ class Decoder:
         self.ctx = ctx
         self.n_vocab = model.n_vocab
         self.n_seq = ctx.n_seq
-        self.n_ctx_seq = ctx.n_ctx_seq
+        self.ctx_per_seq = ctx.n_ctx_seq  # llama.cpp's llama_n_ctx_seq
         self._grammars = [llama.Grammar(model, VERDICT_GRAMMAR) for _ in range(self.n_seq)]
         # Per sequence: the prompt blocks whose KV state it holds, then every token it holds.
         self.blocks: list[list[Block]] = [[] for _ in range(self.n_seq)]
@@ -146,7 +145,7 @@ class Decoder:
                 raise RuntimeError(f"block at {block.start} after {len(tokens)} tokens")
             tokens.extend(block.tokens)
         self.forget(seq)
-        if not tokens or len(tokens) > self.n_ctx_seq or not llama.set_seq_state(self.ctx, seq, state):
+        if not tokens or len(tokens) > self.ctx_per_seq or not llama.set_seq_state(self.ctx, seq, state):
             return False
         if llama.seq_positions(self.ctx, seq) != (0, len(tokens) - 1):
             self.ctx.seq_rm(seq, 0)
@@ -156,10 +155,10 @@ class Decoder:
         return True
 
     def _room(self, seq: int, n: int) -> None:
-        if len(self.kv[seq]) + n > self.n_ctx_seq:
-            raise RuntimeError(f"context overflow: {len(self.kv[seq]) + n} > {self.n_ctx_seq} tokens")
+        if len(self.kv[seq]) + n > self.ctx_per_seq:
+            raise RuntimeError(f"context overflow: {len(self.kv[seq]) + n} > {self.ctx_per_seq} tokens")
 
-    def prepare(self, blocks: Sequence[Block], seq: int) -> int:
+    def reuse(self, blocks: Sequence[Block], seq: int) -> int:
         """Make `seq` hold the longest leading run of `blocks` any sequence holds; return it.
 
         The run is taken in place when `seq` holds it, else copied from the sequence
@@ -368,7 +367,6 @@ class JsonStringStream:
         self._start: int | None = None
         self._sent = 0
         self.closed = False
-        self._decoder = codecs.getincrementaldecoder("utf-8")
 
     def feed(self, text: str) -> None:
         """`text` is the whole generation so far; emits the new part of the analysis."""

@@ -1,7 +1,7 @@
 """The header-state cache: a model's header block and frame drafts, kept between processes.
 
 A fresh Guard evaluates the prompt's header block (~150 tokens, the same for every pair)
-and reads the model's own JSON frame for a fixed pair (`Guard._calibrate`). Both are a
+and reads the model's own JSON frame for a fixed pair (`Checker.calibrate`, engine/checker.py). Both are a
 function of the model file, the llama.cpp build and a few settings alone, so the first
 process saves them in the data folder (`<home>/state/<key>.bin`) and the next one puts
 the header's KV state back with llama.cpp's sequence-state API instead of computing it:

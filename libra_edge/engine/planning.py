@@ -109,15 +109,15 @@ def overhead(tok: Tokenizer) -> int:
     return len(tok.prompt(build_user_message("", "")))
 
 
-def budget(n_ctx_seq: int, overhead_tokens: int, reserve: int, *, parallel: int = 1) -> int:
+def budget(ctx_per_seq: int, overhead_tokens: int, reserve: int, *, parallel: int = 1) -> int:
     """Tokens the question and response may take together in one sequence.
 
     `reserve` is the output's room (the frame's and the analysis' tokens).
     """
-    room = n_ctx_seq - overhead_tokens - reserve
+    room = ctx_per_seq - overhead_tokens - reserve
     if room < 32:
         raise LibraError(
-            f"context of {n_ctx_seq} tokens"
+            f"context of {ctx_per_seq} tokens"
             + (f" per sequence ({parallel} parallel)" if parallel > 1 else "")
             + f" is too small for the prompt ({overhead_tokens} tokens) and output; raise --ctx"
         )

@@ -18,37 +18,13 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
 
-import numpy as np
-
-from libra_edge.engine.decoding import CheckCancelled, Generation, JsonStringStream
+from libra_edge.engine.checker import Checker, PendingCheck, Request
+from libra_edge.engine.decoding import CheckCancelled
+from libra_edge.engine.verdict import Verdict
 from libra_edge.errors import LibraError
-
-if TYPE_CHECKING:
-    from libra_edge.engine.guard import Guard, Verdict, _Pending
-
-
-@dataclass
-class Request:
-    """One submitted pair, waiting or in flight."""
-
-    question: str
-    response: str
-    analysis: bool
-    on_text: Callable[[str], None] | None
-    future: Future[Verdict] = field(default_factory=Future)
-    cancel: threading.Event | None = None
-    """Set by the caller to stop the request wherever it is (a batch being stopped)."""
-    on_window: Callable[[int, int], None] | None = None
-    """`on_window(k, n)` before window k (0-based) of n of a response judged in windows."""
-
-    def stopped(self) -> bool:
-        """Whether the caller gave up on it (future cancelled, or its cancel event set)."""
-        return self.future.cancelled() or (self.cancel is not None and self.cancel.is_set())
 
 
 @dataclass
@@ -56,21 +32,27 @@ class _Slot:
     """A sequence writing an analysis."""
 
     request: Request
-    pending: _Pending
-    span: tuple[int, int] | None
-    extra: dict[str, Any]
-    logits: np.ndarray
-    written: int = 0
+    pending: PendingCheck
 
 
 class Scheduler:
-    """The worker that runs a Guard's submitted requests with continuous batching."""
+    """The worker that runs a Checker's submitted requests with continuous batching.
 
-    def __init__(self, guard: Guard) -> None:
-        self._guard = guard
+    Every call into the Checker is made holding `lock` (the Guard's): the Checker's
+    context is one. Once the worker runs, it alone calls the Checker (`forget_cache`
+    hands its work to the worker). Lock order: `lock` first, then the scheduler's own
+    condition.
+    """
+
+    def __init__(self, checker: Checker, lock: threading.Lock, *, sequences: int) -> None:
+        self._checker = checker
+        self._lock = lock
+        self._sequences = sequences
         self._queue: deque[Request] = deque()
         self._cv = threading.Condition()
         self._slots: dict[int, _Slot] = {}
+        self._forget_when_free: set[int] = set()
+        self._resets: list[threading.Event] = []  # forget_cache calls waiting for the worker
         self._closing = False
         self._thread: threading.Thread | None = None
 
@@ -92,6 +74,29 @@ class Scheduler:
             self._cv.notify()
         return request.future
 
+    def forget_cache(self) -> None:
+        """Drop every sequence's cached prompt blocks; a sequence writing an analysis, once it is done.
+
+        Done by the worker between two decode steps, before it admits another request
+        (this call returns then): clearing a sequence in the middle of its analysis would
+        cut its KV state from under the next step, so such a sequence is forgotten as soon
+        as its check finishes, before it takes another request.
+        """
+        with self._cv:
+            if self._closing:
+                raise LibraError("this Guard was closed")
+            running = self._thread is not None
+            if running:
+                done = threading.Event()
+                self._resets.append(done)
+                self._cv.notify()
+        if running:
+            done.wait()
+            return
+        with self._lock:
+            self._checker.require_open()
+            self._checker.forget()
+
     def close(self) -> None:
         """Stop the worker; requests not finished fail with 'closed'."""
         with self._cv:
@@ -107,107 +112,96 @@ class Scheduler:
 
     # ------------------------------------------------------------------ worker
     def _run(self) -> None:
-        guard = self._guard
-        n_seq = guard.parallel
         while True:
             with self._cv:
-                while not self._closing and not self._queue and not self._slots:
+                while not self._closing and not self._queue and not self._slots and not self._resets:
                     self._cv.wait()
+                resets, self._resets = self._resets, []
                 if self._closing:
                     for slot in self._slots.values():
                         _fail(slot.request, LibraError("this Guard was closed"))
                     self._slots.clear()
+                    for done in resets:
+                        done.set()
                     return
                 admit: list[tuple[int, Request]] = []
-                free = [s for s in range(n_seq) if s not in self._slots]
+                free = [s for s in range(self._sequences) if s not in self._slots]
                 while free and self._queue:
                     req = self._queue.popleft()
                     if req.stopped():
                         _fail(req, CheckCancelled())
                         continue
                     admit.append((free.pop(0), req))
+            if resets:
+                self._forget_idle(resets)
             for seq, req in admit:
                 self._admit(seq, req)
             self._step()
 
     def _admit(self, seq: int, req: Request) -> None:
         """Decide the verdict of `req` in sequence `seq`; keep it if an analysis follows."""
-        guard = self._guard
         try:
-            with guard._lock:
-                guard._require_open()
-                dec = guard._decoder
+            with self._lock:
                 # Asked before each llama.cpp call of this verdict: its caller gave up, or the
                 # Guard is closing (Ctrl-C in `check`: closing must not wait for every window).
-                dec.interrupt = lambda: req.stopped() or self._closing
-                try:
-                    pending, span, extra = guard._start(req.question, req.response, req.analysis, req.on_text,
-                                                        seq=seq, on_window=req.on_window)
-                finally:
-                    dec.interrupt = None
-                if pending.stream is None or pending.logits is None:
-                    verdict = guard._finish(pending, span, extra)
-                    _resolve(req, verdict)
+                pending = self._checker.start(req, seq, stop=lambda: req.stopped() or self._closing)
+                if pending.writing:
+                    with self._cv:  # a slot, before the lock lets `forget_cache` look
+                        self._slots[seq] = _Slot(req, pending)
                     return
+                verdict = self._checker.finish(pending)
         except BaseException as exc:  # noqa: BLE001 - the caller gets it through the future
             _fail(req, exc)
             return
-        with self._cv:
-            self._slots[seq] = _Slot(req, pending, span, extra, pending.logits)
+        _resolve(req, verdict)
+
+    def _forget_idle(self, resets: list[threading.Event]) -> None:
+        """forget_cache's work: idle sequences now, those writing an analysis when they finish."""
+        try:
+            with self._lock, self._cv:
+                busy = set(self._slots)
+                self._forget_when_free |= busy
+                for seq in range(self._sequences):
+                    if seq not in busy:
+                        self._checker.forget(seq)
+        finally:
+            for done in resets:
+                done.set()
 
     def _step(self) -> None:
         """One analysis token for every open sequence, in one batch; finish the done ones."""
-        guard = self._guard
         with self._cv:
             slots = dict(self._slots)
         if not slots:
             return
-        dec = guard._decoder
-        cap = guard.max_new_tokens
-        going: list[tuple[int, _Slot]] = []
-        done: list[tuple[int, _Slot]] = []
-        stopped: list[tuple[int, _Slot]] = []  # given up by their callers: no verdict
+        stopped = [seq for seq, slot in slots.items() if slot.request.stopped()]  # given up: no verdict
         try:
-            with guard._lock:
-                for seq, slot in slots.items():
-                    gen: Generation = slot.pending.gen
-                    stream: JsonStringStream = slot.pending.stream  # type: ignore[assignment]
-                    if slot.request.stopped():
-                        stopped.append((seq, slot))
-                        continue
-                    if slot.written >= cap or len(dec.kv[seq]) >= dec.n_ctx_seq:
-                        gen.cut = not stream.closed
-                        done.append((seq, slot))
-                        continue
-                    slot.written += 1
-                    if not gen.step(slot.logits, stream):
-                        done.append((seq, slot))
-                    elif slot.written >= cap:  # nothing follows this token: no need to evaluate it
-                        gen.cut = not stream.closed
-                        done.append((seq, slot))
-                    else:
-                        going.append((seq, slot))
-                if going:
-                    rows = dec.decode_each([(seq, slot.pending.gen.tokens[-1]) for seq, slot in going])
-                    for (_seq, slot), row in zip(going, rows):
-                        slot.logits = row
-                finished = [(slot, guard._finish(slot.pending, slot.span, slot.extra))
-                            for _seq, slot in done if not slot.request.future.cancelled()]
+            with self._lock:
+                self._checker.advance([slot.pending for seq, slot in slots.items() if seq not in stopped])
+                done = [seq for seq, slot in slots.items() if seq not in stopped and not slot.pending.writing]
+                finished = [(slots[seq], self._checker.finish(slots[seq].pending))
+                            for seq in done if not slots[seq].request.future.cancelled()]
+                self._free(done + stopped)
         except BaseException as exc:  # noqa: BLE001 - a failed batch fails its requests
-            with self._cv:
-                for seq, slot in slots.items():
-                    self._slots.pop(seq, None)
-                    _fail(slot.request, exc)
-            with guard._lock:
-                guard._decoder.forget()
+            with self._lock:
+                self._free(list(slots))
+                self._checker.forget()
+            for slot in slots.values():
+                _fail(slot.request, exc)
             return
-        with self._cv:
-            for seq, _slot in done + stopped:
-                self._slots.pop(seq, None)
         for slot, verdict in finished:
             _resolve(slot.request, verdict)
-        for _seq, slot in stopped:
-            _fail(slot.request, CheckCancelled())
+        for seq in stopped:
+            _fail(slots[seq].request, CheckCancelled())
+
+    def _free(self, seqs: list[int]) -> None:
+        """Give the sequences back (holding the lock); forget those `forget_cache` marked."""
+        with self._cv:
+            for seq in seqs:
+                self._slots.pop(seq, None)
+                if seq in self._forget_when_free:
+                    self._forget_when_free.discard(seq)
+                    self._checker.forget(seq)
 
 
 def _resolve(req: Request, verdict: Verdict) -> None:

@@ -75,8 +75,8 @@ def main() -> int:
     try:
         # The engine's schedule for this pair: its header and question blocks, then the
         # response with the template's closing tokens and the frame draft in one batch.
-        prep = guard._prepare(question, response)
-        tokens = [t for b in prep.blocks for t in b.tokens] + list(prep.rest) + list(guard._opening_draft)
+        prep = guard._checker.prompt_blocks(question, response)
+        tokens = [t for b in prep.blocks for t in b.tokens] + list(prep.rest) + list(guard._checker.opening_draft)
         cuts = [b.end for b in prep.blocks] + [len(tokens)]
         print(f"prompt {len(tokens)} tokens in blocks ending at {cuts}", file=sys.stderr)
         for r in range(args.rounds):
