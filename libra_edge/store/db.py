@@ -149,10 +149,3 @@ class Store(Runs, Results, Reviews, RefusalReviews):
         # Each row is written twice (WAL, then the checkpoint) and indexed for search.
         needed = max(2 * items * size // max(stored, 1), 1_000_000) if items else None
         return disk_full_error(self.path, needed, f"are needed for the {items} items left")
-
-    # -- file hashes -------------------------------------------------------------------
-    def file_sha256(self, path: str | Path) -> str:
-        """sha256 of a file: `models.digest.file_sha256`, the one hash and cache of every file."""
-        from libra_edge.models.digest import file_sha256
-
-        return file_sha256(Path(path))
