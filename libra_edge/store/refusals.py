@@ -14,6 +14,7 @@ connection, lock and `transaction`.
 from __future__ import annotations
 
 import sqlite3
+import threading
 
 from libra_edge.errors import LibraError
 from libra_edge.store import base
@@ -23,6 +24,11 @@ from libra_edge.store.rows import RefusalEvent, ResultRow, decisions_in_force, r
 
 class RefusalReviews(StoreBase):
     """The store's refusal-review methods (see the module's docstring)."""
+
+    # Declared in every part that uses them: a module names only private attributes it
+    # declares itself (tests/test_contracts.py); `StoreBase` declares the same ones.
+    _conn: sqlite3.Connection
+    _lock: threading.RLock
 
     def set_refusal_review(self, result_id: int, refused: bool | None, *,
                            reviewer: str | None = None) -> ResultRow:

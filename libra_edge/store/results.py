@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import sqlite3
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -26,6 +28,11 @@ _PAGE = 256
 
 class Results(StoreBase):
     """The store's result methods (see the module's docstring)."""
+
+    # Declared in every part that uses them: a module names only private attributes it
+    # declares itself (tests/test_contracts.py); `StoreBase` declares the same ones.
+    _conn: sqlite3.Connection
+    _lock: threading.RLock
 
     def add_result(
         self,

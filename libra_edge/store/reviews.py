@@ -9,6 +9,7 @@ appends an `undo` entry that restores the state before it.
 from __future__ import annotations
 
 import sqlite3
+import threading
 
 from libra_edge.errors import LibraError
 from libra_edge.store import base
@@ -18,6 +19,11 @@ from libra_edge.store.rows import REVIEW_DECISIONS, ResultRow, ReviewEvent, deci
 
 class Reviews(StoreBase):
     """The store's review methods (see the module's docstring)."""
+
+    # Declared in every part that uses them: a module names only private attributes it
+    # declares itself (tests/test_contracts.py); `StoreBase` declares the same ones.
+    _conn: sqlite3.Connection
+    _lock: threading.RLock
 
     def set_review(self, result_id: int, decision: str | None, note: str | None = None, *,
                    reviewer: str | None = None, keep_note: bool = False) -> ResultRow:

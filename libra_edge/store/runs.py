@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +32,11 @@ _RUN_SELECT = """
 
 class Runs(StoreBase):
     """The store's run methods (see the module's docstring)."""
+
+    # Declared in every part that uses them: a module names only private attributes it
+    # declares itself (tests/test_contracts.py); `StoreBase` declares the same ones.
+    _conn: sqlite3.Connection
+    _lock: threading.RLock
 
     def create_run(
         self,
