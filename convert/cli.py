@@ -100,10 +100,10 @@ def run(args: argparse.Namespace) -> int:
         raise LibraError("convert: --verify needs weights; drop --vocab-only")
     imatrix = _imatrix_option(args)
     if args.verify:
-        from .verify import _require_reference
+        from .verify import require_reference
 
         _require_verifiable(args.src)
-        _require_reference()  # fail before a long conversion, not after it
+        require_reference()  # fail before a long conversion, not after it
     result = convert_checkpoint(
         args.src, args.outfile, outtype=args.outtype, vocab_only=args.vocab_only,
         source_repo=args.source_repo, source_revision=args.source_revision, name=args.name,

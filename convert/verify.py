@@ -113,7 +113,9 @@ def _mean(values: Sequence[float | bool]) -> float:
     return float(sum(values)) / len(values) if values else 0.0
 
 
-def _require_reference() -> tuple[Any, Any]:
+def require_reference() -> tuple[Any, Any]:
+    """The reference implementation `--verify` compares against: (torch, transformers);
+    ConversionError naming the extra to install when they are missing."""
     try:
         import torch
         import transformers
@@ -157,7 +159,7 @@ def verify(
     verbose: bool = False,
 ) -> VerifyReport:
     """Compare the GGUF with its source checkpoint at the verdict position of Libra prompts."""
-    torch, transformers = _require_reference()
+    torch, transformers = require_reference()
     from libra_edge.engine import llama as llama_seam
 
     source, gguf_path = Path(source), Path(gguf_path)

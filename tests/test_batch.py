@@ -15,6 +15,7 @@ from libra_edge.batch import BatchJob, BatchOptions, BatchProgress, GuardLike, r
 from libra_edge.engine import Guard
 from libra_edge.engine.settings import EngineSettings
 from libra_edge.errors import LibraError
+from libra_edge.models.digest import file_sha256
 from libra_edge.report.metrics import parse_verdict
 from libra_edge.store import Store, open_store
 
@@ -43,7 +44,7 @@ def test_a_run_stores_one_verdict_per_item_and_exports_them_in_input_order(
     summary = job.execute()
     assert (summary.status, summary.done, summary.done_now, summary.errors) == ("finished", 10, 10, 0)
     run = store.run(job.run_id)
-    assert run.status == "finished" and run.model_sha256 == store.file_sha256(guard.info.path)
+    assert run.status == "finished" and run.model_sha256 == file_sha256(guard.info.path)
     assert run.settings["max_new_tokens"] == 8 and run.prompt_template_version == "libra-guard-v1"
     out = tmp_path / "out.jsonl"
     store.export(job.run_id, out)
@@ -379,7 +380,7 @@ def test_guard_like_declares_everything_the_runner_calls() -> None:
 def test_resuming_a_run_recorded_without_these_inputs_says_so(guard: Guard, store: Store, make_input: Make) -> None:
     batch = read_inputs([make_input("a.jsonl", [{"question": "q", "response": "r"}])])
     old = store.create_run(fingerprint="from-the-hand-listed-settings", inputs=[], model_path=str(guard.info.path),
-                           model_name=guard.info.name, model_sha256=store.file_sha256(guard.info.path), quant=None,
+                           model_name=guard.info.name, model_sha256=file_sha256(guard.info.path), quant=None,
                            settings=guard.settings.to_dict(), prompt_template_version="libra-guard-v1",
                            options={"analysis": "none"}, total=1)
     store.finish_run(old, "interrupted")

@@ -138,11 +138,11 @@ def test_failed_conversion_keeps_an_existing_output(ckpt: Path, tmp_path: Path) 
 
 
 def test_verify_without_torch_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from libra_edge.convert.verify import _require_reference
+    from libra_edge.convert.verify import require_reference
 
     monkeypatch.setitem(sys.modules, "torch", None)  # what a runtime-only install looks like
     with pytest.raises(ConversionError, match=r"pip install 'libra-edge\[verify\]'"):
-        _require_reference()
+        require_reference()
 
 
 def test_cli_error_is_one_line_with_the_conversion_exit_code(

@@ -58,6 +58,16 @@ def test_struct_fields_are_set_only_when_the_struct_has_them() -> None:
         llama.set_fields(params, flash_attn_kind=0)  # a renamed field must not pass silently
 
 
+def test_a_struct_is_built_with_checked_fields() -> None:
+    ll = llama.lib()
+    arr = llama.new_struct(ll.llama_token_data_array, size=7, selected=-1, sorted=True)
+    assert (arr.size, arr.selected, arr.sorted) == (7, -1, True)
+    llama.set_fields(arr, size=3, sorted=False)  # the second write of a type: its names are cached
+    assert (arr.size, arr.sorted) == (3, False)
+    with pytest.raises(RuntimeError, match="n_sorted"):
+        llama.new_struct(ll.llama_token_data_array, n_sorted=1)  # the constructor would take it silently
+
+
 def test_token_data_dtype_matches_the_c_struct() -> None:
     dtype = llama.token_data_dtype()
     st = llama.lib().llama_token_data

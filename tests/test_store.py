@@ -337,21 +337,20 @@ def test_ten_thousand_results_page_filter_and_search(tmp_path: Path) -> None:
 
 
 def test_file_sha256_is_cached_until_the_file_changes(tmp_path: Path) -> None:
+    # `models.digest` is the one hash and cache of every file (the store keeps none).
+    from libra_edge.models.digest import file_sha256, model_sha256
+
     f = tmp_path / "model.gguf"
     f.write_bytes(b"GGUF" + b"\0" * 100)
-    with open_store(tmp_path / "r.db") as store:
-        first = store.file_sha256(f)
-        assert first == store.file_sha256(f) == hashlib.sha256(f.read_bytes()).hexdigest()
-        # The one cache of `models.digest`, which the model's provenance reads too.
-        from libra_edge.models.digest import file_sha256, model_sha256
-
-        assert file_sha256(f) == model_sha256(f) == first
-        st = f.stat()  # same size and mtime: the cached digest, the file is not read again
-        f.write_bytes(b"GGUF" + b"\2" * 100)
-        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
-        assert store.file_sha256(f) == first
-        f.write_bytes(b"GGUF" + b"\1" * 101)
-        assert store.file_sha256(f) != first
+    first = file_sha256(f)
+    assert first == file_sha256(f) == hashlib.sha256(f.read_bytes()).hexdigest()
+    assert model_sha256(f) == first  # the model's provenance reads the same cache
+    st = f.stat()  # same size and mtime: the cached digest, the file is not read again
+    f.write_bytes(b"GGUF" + b"\2" * 100)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert file_sha256(f) == first
+    f.write_bytes(b"GGUF" + b"\1" * 101)
+    assert file_sha256(f) != first
 
 
 def test_a_reader_sees_results_while_a_writer_process_holds_the_database(tmp_path: Path) -> None:

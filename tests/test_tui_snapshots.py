@@ -16,7 +16,7 @@ import pytest
 from textual.pilot import Pilot
 
 from libra_edge.models import registry
-from libra_edge.store import db as store_db
+from libra_edge.store import base as store_base
 from libra_edge.store import open_store
 from libra_edge.tui.screens.detail import DetailScreen
 from libra_edge.tui.screens.help import HelpScreen
@@ -34,7 +34,7 @@ MODEL = "/models/libra-guard-3b-q4_k_m.gguf"  # shown by name only; never loaded
 @pytest.fixture(autouse=True)
 def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """Decisions are stamped 2026-01-02 03:04 UTC, whenever the test runs."""
-    monkeypatch.setattr(store_db, "now", lambda: "2026-01-02T03:04:05+00:00")
+    monkeypatch.setattr(store_base, "now", lambda: "2026-01-02T03:04:05+00:00")
 
 
 @pytest.fixture

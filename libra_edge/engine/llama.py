@@ -290,16 +290,36 @@ def set_logging(verbose: bool) -> None:
 
 
 # -------------------------------------------------------------------------- structs
+# Field names of each structure type, read from its `_fields_` once (ctypes makes
+# `_fields_` final once set): `set_fields` is on hot paths (every decode, every grammar step).
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
+_S = TypeVar("_S", bound=ctypes.Structure)
+
+
 def set_fields(struct: ctypes.Structure, **values: Any) -> None:
-    """Set fields of a ctypes structure, refusing names the structure does not have."""
-    known = {name for name, *_ in type(struct)._fields_}
+    """Set fields of a ctypes structure, refusing names the structure does not have.
+
+    Every write of a llama.cpp structure's field goes through here (or `new_struct`): a
+    plain `struct.name = value`, like the structure's constructor, takes an unknown name
+    without a word."""
+    cls = type(struct)
+    known = _FIELD_NAMES.get(cls)
+    if known is None:
+        known = _FIELD_NAMES[cls] = frozenset(name for name, *_ in cls._fields_)
     for name, value in values.items():
         if name not in known:
             raise RuntimeError(
-                f"llama-cpp-python {version()}: {type(struct).__name__} has no field {name!r} "
+                f"llama-cpp-python {version()}: {cls.__name__} has no field {name!r} "
                 f"(libra-edge is built against {PINNED_VERSION})"
             )
         setattr(struct, name, value)
+
+
+def new_struct(cls: type[_S], **values: Any) -> _S:
+    """A zeroed `cls` with these fields set (through `set_fields`, unlike `cls(**values)`)."""
+    struct = cls()
+    set_fields(struct, **values)
+    return struct
 
 
 def token_data_dtype() -> np.dtype[Any]:
@@ -481,7 +501,7 @@ class Context:
             batch.logits[i] = want
             if want:
                 wanted.append(i)
-        batch.n_tokens = len(entries)
+        set_fields(batch, n_tokens=len(entries))
         n_vocab = self.model.n_vocab
 
         def run() -> list[np.ndarray]:
@@ -513,12 +533,14 @@ class Grammar:
         n = model.n_vocab
         # Structured arrays laid out as llama_token_data (fields indexed by name).
         self._all: Any = np.zeros(n, dtype=token_data_dtype())
-        self._all_arr = ll.llama_token_data_array(
-            data=self._all.ctypes.data_as(ll.llama_token_data_p), size=n, selected=-1, sorted=False
+        self._all_arr = new_struct(
+            ll.llama_token_data_array,
+            data=self._all.ctypes.data_as(ll.llama_token_data_p), size=n, selected=-1, sorted=False,
         )
         self._one: Any = np.zeros(1, dtype=self._all.dtype)
-        self._one_arr = ll.llama_token_data_array(
-            data=self._one.ctypes.data_as(ll.llama_token_data_p), size=1, selected=-1, sorted=False
+        self._one_arr = new_struct(
+            ll.llama_token_data_array,
+            data=self._one.ctypes.data_as(ll.llama_token_data_p), size=1, selected=-1, sorted=False,
         )
         self._ids = np.arange(n, dtype=self._all.dtype["id"])
 
@@ -540,7 +562,7 @@ class Grammar:
         """Whether the grammar, in its current state, admits `token` next."""
         self._one["id"][0] = token
         self._one["logit"][0] = logit
-        self._one_arr.size = 1
+        set_fields(self._one_arr, size=1)
         lib().llama_sampler_apply(self.ptr, ctypes.byref(self._one_arr))
         return bool(np.isfinite(self._one["logit"][0]))
 
@@ -549,8 +571,7 @@ class Grammar:
         k = len(tokens)
         self._all["id"][:k] = tokens
         self._all["logit"][:k] = logits[tokens]
-        self._all_arr.size = k
-        self._all_arr.sorted = False
+        set_fields(self._all_arr, size=k, sorted=False)
         lib().llama_sampler_apply(self.ptr, ctypes.byref(self._all_arr))
         n = self._all_arr.size
         kept = self._all[:n]
@@ -560,8 +581,7 @@ class Grammar:
         """`logits` with every token the grammar forbids set to -inf."""
         self._all["id"] = self._ids
         self._all["logit"] = logits
-        self._all_arr.size = len(self._all)
-        self._all_arr.sorted = False
+        set_fields(self._all_arr, size=len(self._all), sorted=False)
         lib().llama_sampler_apply(self.ptr, ctypes.byref(self._all_arr))
         masked = np.full(len(self._all), -np.inf, dtype=np.float32)
         n = self._all_arr.size
@@ -656,10 +676,9 @@ def quantize(src: Path, dst: Path, ftype_name: str, *, threads: int,
         for i, (name, values) in enumerate(imatrix.items()):
             arr = np.ascontiguousarray(values, dtype=np.float32)
             keep.append(arr)
-            entries[i].name = name.encode("utf-8")
-            entries[i].data = arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-            entries[i].size = arr.size
-        entries[len(imatrix)].name = None  # the end of the list
+            set_fields(entries[i], name=name.encode("utf-8"),
+                       data=arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), size=arr.size)
+        set_fields(entries[len(imatrix)], name=None)  # the end of the list
         keep.append(entries)
         set_fields(params, imatrix=ctypes.cast(entries, ctypes.POINTER(ll.llama_model_imatrix_data)))
     return int(ll.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params)))
@@ -1036,7 +1055,7 @@ def _collect_matmul_inputs(model: Model, token_lists: Sequence[Sequence[int]], s
                 batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, i, 1
                 batch.seq_id[i][0] = 0
                 batch.logits[i] = True
-            batch.n_tokens = len(tokens)
+            set_fields(batch, n_tokens=len(tokens))
             rc = ll.llama_decode(ctx, batch)
             if failure:
                 raise failure[0]

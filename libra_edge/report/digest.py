@@ -46,17 +46,15 @@ def _field(value: object) -> str:
 
 def digest_rows(run_id: int, rows: Iterable[ResultRow]) -> Integrity:
     """The digest over results in seq order: seq, item id, label, unsafe, score, error flag,
-    reviewer decision and note (and reviewer, where the store records one), and a reviewer's
-    refusal decision where there is one."""
+    reviewer decision, note and reviewer, and a reviewer's refusal decision where there is one."""
     h = hashlib.sha256(f"libra-edge results v{DIGEST_VERSION} run {run_id}\n".encode())
     n = 0
     for row in rows:
         n += 1
         parts: tuple[object, ...] = (row.seq, row.item_id, row.label, row.unsafe, row.score, row.error is not None,
-                                     row.review, row.review_note, getattr(row, "reviewer", None))
-        refusal = getattr(row, "refusal_review", None)
-        if refusal is not None:  # a reviewer's refusal decision (audit runs); absent, the digest is as before
-            parts += ("refusal", refusal, getattr(row, "refusal_reviewer", None))
+                                     row.review, row.review_note, row.reviewer)
+        if row.refusal_review is not None:  # a reviewer's refusal decision (audit runs); absent, as before
+            parts += ("refusal", row.refusal_review, row.refusal_reviewer)
         h.update(("\t".join(_field(p) for p in parts) + "\n").encode())
     return Integrity(run_id, n, h.hexdigest())
 

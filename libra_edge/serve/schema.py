@@ -6,12 +6,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+# An over-long field is cut around the mark of the engine's own cuts.
+from libra_edge.engine.planning import TRUNCATION_MARK as TRUNCATION_MARK
 from libra_edge.verdicts import relabel, valid_threshold
 
 # The one category a moderation result carries: P(unsafe) as Libra-Guard reads it.
 CATEGORY = "libra-guard/unsafe"
-# Marks where an over-long field was cut (the engine marks its own cuts the same way).
-TRUNCATION_MARK = "\n……\n"
 
 
 class RequestError(ValueError):

@@ -8,7 +8,7 @@ import sqlite3
 # A shipped script is frozen: users' databases already ran it. Change the schema by
 # appending a new script.
 MIGRATIONS: tuple[str, ...] = (
-    # 1: runs, results, review columns, full-text search, file-hash cache.
+    # 1: runs, results, review columns, full-text search, file-hash cache (dropped by 7).
     """
     CREATE TABLE runs (
         id                      INTEGER PRIMARY KEY,
@@ -173,6 +173,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX refusal_history_result ON refusal_history (result_id, id);
     CREATE INDEX refusal_history_run ON refusal_history (run_id, id);
+    """,
+    # 7: the file-hash cache of migration 1 goes, unused: every file's sha256 is cached
+    # once by `models.digest` (in libra-edge's home), not in each results database.
+    """
+    DROP TABLE IF EXISTS file_hashes;
     """,
 )
 

@@ -7,37 +7,28 @@ history (`refusal_history`), since it answers another question than the verdict:
 service decline to answer, not was the answer safe. `audit report` counts it before the
 rule's mark, and the report's integrity digest covers it.
 
-`RefusalReviews` is a part of `Store` (mixed in): it uses the store's connection, lock and
-`transaction`.
+`RefusalReviews` is a part of `Store` (mixed in, see `store.base`): it uses the store's
+connection, lock and `transaction`.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from contextlib import AbstractContextManager
-from datetime import datetime, timezone
-from typing import Any
 
 from libra_edge.errors import LibraError
+from libra_edge.store import base
+from libra_edge.store.base import StoreBase
 from libra_edge.store.rows import RefusalEvent, ResultRow, decisions_in_force, refusal_event_from_row
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-class RefusalReviews:
+class RefusalReviews(StoreBase):
     """The store's refusal-review methods (see the module's docstring)."""
 
+    # Declared in every part that uses them: a module names only private attributes it
+    # declares itself (tests/test_contracts.py); `StoreBase` declares the same ones.
     _conn: sqlite3.Connection
     _lock: threading.RLock
-
-    def transaction(self) -> AbstractContextManager[Any]:  # pragma: no cover - Store's
-        raise NotImplementedError
-
-    def result(self, result_id: int) -> ResultRow:  # pragma: no cover - Store's
-        raise NotImplementedError
 
     def set_refusal_review(self, result_id: int, refused: bool | None, *,
                            reviewer: str | None = None) -> ResultRow:
@@ -45,7 +36,7 @@ class RefusalReviews:
         None clears it (the rule's mark counts again). The history keeps every state."""
         with self.transaction():
             current = self._refusal_state(result_id)
-            stamp = _now()
+            stamp = base.now()
             value = None if refused is None else int(bool(refused))
             self._conn.execute(
                 "UPDATE results SET refusal_review = ?, refusal_reviewer = ?, refusal_reviewed_at = ? WHERE id = ?",
@@ -80,7 +71,7 @@ class RefusalReviews:
             self._conn.execute(
                 "INSERT INTO refusal_history (result_id, run_id, seq, refused, reviewer, decided_at, action)"
                 " VALUES (?, ?, ?, ?, ?, ?, 'undo')",
-                (result_id, current["run_id"], current["seq"], value, reviewer, _now()))
+                (result_id, current["run_id"], current["seq"], value, reviewer, base.now()))
         return self.result(result_id)
 
     def refusal_history(self, *, run_id: int | None = None, result_id: int | None = None) -> list[RefusalEvent]:
