@@ -26,12 +26,15 @@ Layouts, each compared row by row with references evaluated alone in the same co
 Sequence ids are shuffled across slots in every decode; pad and filler tokens are drawn
 anew every decode.
 
-Columns: rows (real rows compared); =alone: bit-identical to the block alone in a decode of
-its own (packed: exactly its tokens, as the engine does today; bucket*: itself plus its
-padding, B rows); =today: bit-identical to the engine's present evaluation (the block alone,
-unpadded, 512-token ubatch); stable: identical in every composition the item appeared in;
-kv=: fraction of blocks whose KV state bytes (after removing padding) equal the alone
-evaluation's (what a question block, evaluated for its KV only, needs).
+Columns (counts of rows, or blocks, that are NOT bit-identical; np.array_equal): rows: real
+rows compared; !=alone: rows differing from the block alone in a decode of its own (packed:
+exactly its tokens; bucket*: itself plus its padding, B rows, same outputs requested) and
+max|d| their largest logit difference; !=today: rows differing from the block alone,
+unpadded, in the 512-token context (the engine's present shape; every row's logits
+requested); unstable: rows that differ from the item's first appearance in this layout,
+over its later appearances (other compositions, other slots, other sequence ids); kv!=:
+blocks whose KV state bytes (after removing padding, re-read through sequence 0) differ
+from the alone evaluation's (what a question block, evaluated for its KV only, needs).
 """
 
 from __future__ import annotations
@@ -222,8 +225,8 @@ def run_model(path: Path, args: argparse.Namespace) -> None:
         items += lib_items
     print(f"\n## {path.name}: {len(items)} items ({note}); slots {args.slots} x bucket {args.bucket} = "
           f"{args.slots * args.bucket} rows; CPU kernels {llama.cpu_variant()}", flush=True)
-    print(f"{'layout':<16} {'thr':>3} {'ubatch':>6} {'decodes':>7} {'rows':>6} {'=alone':>7} {'max|d|':>9} "
-          f"{'=today':>7} {'max|d|':>9} {'stable':>7} {'kv=':>6} {'s':>5}", flush=True)
+    print(f"{'layout':<16} {'thr':>3} {'ubatch':>6} {'decodes':>7} {'rows':>6} {'!=alone':>7} {'max|d|':>9} "
+          f"{'!=today':>7} {'max|d|':>9} {'unstable':>8} {'kv!=':>5} {'s':>5}", flush=True)
     today_by_thread: dict[int, dict[str, list[np.ndarray]]] = {}
     total = args.slots * args.bucket
     for threads in args.threads:
@@ -261,10 +264,10 @@ def run_model(path: Path, args: argparse.Namespace) -> None:
                         t.stable_rows += sum(np.array_equal(a, b) for a, b in zip(got, first))
             if runner is not base:
                 runner.close()
-            stable = f"{t.stable_rows / t.stable_total:.1%}" if t.stable_total else "-"
+            unstable = f"{t.stable_total - t.stable_rows}/{t.stable_total}"
             print(f"{layout:<16} {threads:>3} {runner.ctx.n_batch:>6} {t.decodes:>7} {t.rows:>6} "
-                  f"{t.eq_alone / t.rows:>7.1%} {t.max_alone:>9.2e} {t.eq_today / t.rows:>7.1%} {t.max_today:>9.2e} "
-                  f"{stable:>7} {t.kv_eq / t.blocks:>6.1%} {time.perf_counter() - t0:>5.1f}", flush=True)
+                  f"{t.rows - t.eq_alone:>7} {t.max_alone:>9.2e} {t.rows - t.eq_today:>7} {t.max_today:>9.2e} "
+                  f"{unstable:>8} {t.blocks - t.kv_eq:>5} {time.perf_counter() - t0:>5.1f}", flush=True)
         base.close()
     if len(today_by_thread) > 1:
         a, b = (today_by_thread[k] for k in sorted(today_by_thread)[:2])
