@@ -11,7 +11,7 @@ llama_decode without changing a bit, on the engine's own pieces (`llama.open_mod
 
 Items: a prefix (already in the sequence's KV cache, evaluated alone as the engine does,
 then put back with `set_seq_state`) and a block evaluated after it. Random items have
-random tokens (prefix 0-150, block 1-BUCKET tokens); Libra items (from `Guard.load`, when
+random tokens (prefix 0-600, block 1-BUCKET tokens); Libra items (from `Guard.load`, when
 the model has a usable template) are the engine's own blocks: the question block after the
 header, and the response block plus the opening JSON-frame draft after header + question.
 
@@ -68,7 +68,9 @@ def random_items(n: int, n_vocab: int, bucket: int, rng: random.Random) -> list[
     out = []
     hi = min(n_vocab, 150_000)
     for i in range(n):
-        p = rng.choice([0, rng.randint(1, 40), rng.randint(40, 150)])
+        # Prefixes of 0 to 600 tokens: the KV length every row of a decode attends over is
+        # the longest stream's (rounded up), so it changes with the composition.
+        p = rng.choice([0, rng.randint(1, 40), rng.randint(40, 150), rng.randint(150, 600)])
         b = rng.randint(1, bucket)
         out.append(Item(f"rand{i}", [rng.randrange(10, hi) for _ in range(p)], [rng.randrange(10, hi) for _ in range(b)]))
     return out
@@ -118,7 +120,9 @@ class Runner:
         self.ctx.seq_rm(seq, 0)
         if self.key not in item.state:
             if item.prefix:
-                self.ctx.decode([(seq, t, i, False) for i, t in enumerate(item.prefix)])
+                step = self.ctx.n_batch  # cut as the engine cuts a long block
+                for a in range(0, len(item.prefix), step):
+                    self.ctx.decode([(seq, t, a + i, False) for i, t in enumerate(item.prefix[a:a + step])])
                 item.state[self.key] = llama.seq_state(self.ctx, seq)
             else:
                 item.state[self.key] = None
