@@ -86,9 +86,9 @@ def libra_items(path: Path, bucket: int) -> tuple[list[Item], str]:
         return [], f"no Libra items ({type(exc).__name__}: {exc})"
     items = []
     try:
-        draft = list(guard._opening_draft)
+        draft = list(guard._checker.opening_draft)
         for k, (q, r) in enumerate(BENCH_PAIRS):
-            p = guard._prepare(q, r)
+            p = guard._checker.prompt_blocks(q, r)
             header = list(p.blocks[0].tokens)
             question = list(p.blocks[1].tokens) if len(p.blocks) > 1 else []
             response = list(p.rest) + draft
