@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from libra_edge.errors import DiskFullError
+from libra_edge.errors import DiskFullError, LibraError
 from libra_edge.store.rows import ResultRow, RunRow
 from libra_edge.units import human_size
 
@@ -77,6 +77,16 @@ class StoreBase:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+
+    def history_rows(self, table: str, *, run_id: int | None, result_id: int | None) -> list[sqlite3.Row]:
+        """The events of `table` (review_history, refusal_history) of one item or one run, oldest first."""
+        if (run_id is None) == (result_id is None):
+            raise LibraError(f"{table}: give run_id or result_id")
+        column, value = ("result_id", result_id) if result_id is not None else ("run_id", run_id)
+        with self._lock:
+            rows: list[sqlite3.Row] = self._conn.execute(
+                f"SELECT * FROM {table} WHERE {column} = ? ORDER BY id", (value,)).fetchall()
+        return rows
 
     def run(self, run_id: int) -> RunRow:  # pragma: no cover - Runs'
         raise NotImplementedError

@@ -76,13 +76,7 @@ class RefusalReviews(StoreBase):
 
     def refusal_history(self, *, run_id: int | None = None, result_id: int | None = None) -> list[RefusalEvent]:
         """Refusal-review events of one item or one run, oldest first."""
-        if (run_id is None) == (result_id is None):
-            raise LibraError("refusal_history: give run_id or result_id")
-        column, value = ("result_id", result_id) if result_id is not None else ("run_id", run_id)
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT * FROM refusal_history WHERE {column} = ? ORDER BY id", (value,)).fetchall()
-        return [refusal_event_from_row(r) for r in rows]
+        return [refusal_event_from_row(r) for r in self.history_rows("refusal_history", run_id=run_id, result_id=result_id)]
 
     def _refusal_state(self, result_id: int) -> sqlite3.Row:
         row: sqlite3.Row | None = self._conn.execute(

@@ -95,13 +95,7 @@ class Reviews(StoreBase):
 
     def review_history(self, *, run_id: int | None = None, result_id: int | None = None) -> list[ReviewEvent]:
         """Review events of one item or one run, oldest first (every decision, note and undo)."""
-        if (run_id is None) == (result_id is None):
-            raise LibraError("review_history: give run_id or result_id")
-        column, value = ("result_id", result_id) if result_id is not None else ("run_id", run_id)
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT * FROM review_history WHERE {column} = ? ORDER BY id", (value,)).fetchall()
-        return [review_event_from_row(r) for r in rows]
+        return [review_event_from_row(r) for r in self.history_rows("review_history", run_id=run_id, result_id=result_id)]
 
     def _review_state(self, result_id: int) -> sqlite3.Row:
         row: sqlite3.Row | None = self._conn.execute(
