@@ -268,11 +268,11 @@ class Checker:
         self.require_open()
         self.decoder.interrupt = stop
         try:
-            return self._start(request, seq)
+            return self._decide(request, seq)
         finally:
             self.decoder.interrupt = None
 
-    def _start(self, request: Request, seq: int) -> PendingCheck:
+    def _decide(self, request: Request, seq: int) -> PendingCheck:
         t0 = time.perf_counter()
         q, r, normalized = self.judged_text(request.question, request.response)
         p = planning.plan(q, r, self.budget(), self.settings.long, self.tokenizer)

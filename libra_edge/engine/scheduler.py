@@ -146,7 +146,7 @@ class Scheduler:
                 # Guard is closing (Ctrl-C in `check`: closing must not wait for every window).
                 pending = self._checker.start(req, seq, stop=lambda: req.stopped() or self._closing)
                 if pending.writing:
-                    with self._cv:  # a slot, before the lock lets `forget_cache` look
+                    with self._cv:  # `depth` reads the slots from other threads
                         self._slots[seq] = _Slot(req, pending)
                     return
                 verdict = self._checker.finish(pending)
