@@ -19,7 +19,7 @@ import threading
 from libra_edge.errors import LibraError
 from libra_edge.store import base
 from libra_edge.store.base import StoreBase
-from libra_edge.store.rows import RefusalEvent, ResultRow, decisions_in_force, refusal_event_from_row
+from libra_edge.store.rows import RefusalEvent, ResultRow, decision_before_undo, refusal_event_from_row
 
 
 class RefusalReviews(StoreBase):
@@ -55,14 +55,8 @@ class RefusalReviews(StoreBase):
         """
         with self.transaction():
             current = self._refusal_state(result_id)
-            stack = decisions_in_force(self.refusal_history(result_id=result_id))
-            if not stack:
-                raise LibraError(f"item {current['seq'] + 1}: no refusal decision to undo")
-            last = stack.pop()
-            if reviewer is not None and last.reviewer not in (None, reviewer):
-                raise LibraError(f"item {current['seq'] + 1}: the latest refusal decision is {last.reviewer}'s "
-                                 f"({last.decided_at}): not undone")
-            before = stack[-1] if stack else None
+            before = decision_before_undo(self.refusal_history(result_id=result_id), seq=current["seq"],
+                                          reviewer=reviewer, what="refusal decision", latest="refusal decision")
             value = None if before is None or before.refused is None else int(before.refused)
             self._conn.execute(
                 "UPDATE results SET refusal_review = ?, refusal_reviewer = ?, refusal_reviewed_at = ? WHERE id = ?",

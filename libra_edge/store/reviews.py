@@ -14,7 +14,7 @@ import threading
 from libra_edge.errors import LibraError
 from libra_edge.store import base
 from libra_edge.store.base import StoreBase
-from libra_edge.store.rows import REVIEW_DECISIONS, ResultRow, ReviewEvent, decisions_in_force, review_event_from_row
+from libra_edge.store.rows import REVIEW_DECISIONS, ResultRow, ReviewEvent, decision_before_undo, review_event_from_row
 
 
 class Reviews(StoreBase):
@@ -58,14 +58,8 @@ class Reviews(StoreBase):
         """
         with self.transaction():
             current = self._review_state(result_id)
-            stack = decisions_in_force(self.review_history(result_id=result_id))
-            if not stack:
-                raise LibraError(f"item {current['seq'] + 1}: no review decision to undo")
-            last = stack.pop()
-            if reviewer is not None and last.reviewer not in (None, reviewer):
-                raise LibraError(f"item {current['seq'] + 1}: the latest decision is {last.reviewer}'s "
-                                 f"({last.decided_at}): not undone")
-            before = stack[-1] if stack else None
+            before = decision_before_undo(self.review_history(result_id=result_id), seq=current["seq"],
+                                          reviewer=reviewer, what="review decision", latest="decision")
             stamp = base.now()
             self._conn.execute(
                 "UPDATE results SET review = ?, review_note = ?, reviewed_at = ?, reviewer = ? WHERE id = ?",

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
+from libra_edge.errors import LibraError
+
 RunStatus = Literal["running", "finished", "interrupted", "failed"]
 ReviewDecision = Literal["confirm", "safe", "unsafe"]
 ResultStatus = Literal["judged", "skipped", "failed"]
@@ -309,6 +311,12 @@ class _Decision(Protocol):
     @property
     def action(self) -> str: ...
 
+    @property
+    def reviewer(self) -> str | None: ...
+
+    @property
+    def decided_at(self) -> str | None: ...
+
 
 _E = TypeVar("_E", bound=_Decision)
 
@@ -326,3 +334,18 @@ def decisions_in_force(events: list[_E]) -> list[_E]:
         else:
             stack.append(event)
     return stack
+
+
+def decision_before_undo(events: list[_E], *, seq: int, reviewer: str | None, what: str, latest: str) -> _E | None:
+    """The decision an undo of the latest one restores (None: no decision), by the shared rules.
+
+    There must be a decision in force to undo (LibraError: "no WHAT to undo"), and with
+    `reviewer` named, a decision someone else made is not undone (LibraError naming who).
+    """
+    stack = decisions_in_force(events)
+    if not stack:
+        raise LibraError(f"item {seq + 1}: no {what} to undo")
+    last = stack.pop()
+    if reviewer is not None and last.reviewer not in (None, reviewer):
+        raise LibraError(f"item {seq + 1}: the latest {latest} is {last.reviewer}'s ({last.decided_at}): not undone")
+    return stack[-1] if stack else None
