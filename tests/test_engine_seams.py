@@ -198,3 +198,11 @@ def test_reset_cache_never_clears_a_sequence_writing_its_analysis(tiny_qwen_gguf
         after = guard.check(*pair)
         assert after.timings.reused_tokens == 0  # the busy sequence was forgotten once it was done
         assert (after.raw, after.score) == (alone.raw, alone.score)
+
+
+def test_reset_cache_from_a_checks_own_callback_is_refused_not_a_hang(tiny_qwen_gguf: Path) -> None:
+    # The callback runs on the scheduler's worker, which would wait for itself.
+    with Guard.load(tiny_qwen_gguf, ctx_per_seq=1024, max_new_tokens=16, threads=1) as guard:
+        with pytest.raises(LibraError, match="callback"):
+            guard.check("问题", "回答", on_text=lambda piece: guard.reset_cache())
+        assert guard.check("问题", "回答", analysis=False).label in ("安全", "不安全")  # the Guard still works

@@ -85,6 +85,8 @@ class Scheduler:
         with self._cv:
             if self._closing:
                 raise LibraError("this Guard was closed")
+            if self._thread is threading.current_thread():  # it would wait for itself
+                raise LibraError("reset_cache() cannot be called from a check's callback")
             running = self._thread is not None
             if running:
                 done = threading.Event()
